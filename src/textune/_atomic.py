@@ -1,0 +1,84 @@
+"""Atomic writes: a reader (or a process killed half-way) sees the old file or the new one, never a torn one."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_with(path: str | Path, writer: Callable[[Path], None]) -> Path:
+    """Calls ``writer(tmp_path)`` then renames ``tmp_path`` over ``path`` (same directory, so rename is atomic)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        writer(tmp_path)
+        with open(tmp_path, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    return write_with(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def append_jsonl(path: str | Path, record: dict) -> None:
+    """Appends one JSON line. A kill mid-append can leave a partial last line; readers skip it."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, default=str) + "\n")
+        f.flush()
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Moves a fully written directory ``src`` to ``dst``, replacing ``dst`` if present.
+
+    Directories cannot be swapped atomically on POSIX, so the old one is first renamed aside: at every moment
+    either ``dst`` or ``dst.old`` is complete, and :func:`recover_dir` picks up the latter after a crash.
+    """
+    old = dst.with_name(dst.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if dst.exists():
+        os.replace(dst, old)
+    os.replace(src, dst)
+    _fsync_dir(dst.parent)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def recover_dir(dst: Path) -> None:
+    """After a crash inside :func:`replace_dir`, puts the complete old copy back in place."""
+    old = dst.with_name(dst.name + ".old")
+    if not dst.exists() and old.exists():
+        os.replace(old, dst)
+    elif old.exists():
+        shutil.rmtree(old)

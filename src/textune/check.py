@@ -1,0 +1,66 @@
+"""``textune check``: validate a recipe and its data without training."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from textune.data.prepare import load_splits
+from textune.data.tokenize import CHARS_PER_TOKEN_CAP
+from textune.models.backbone import load_tokenizer
+from textune.recipe import Recipe
+from textune.tasks import get_task
+
+
+def token_lengths(tokenizer, texts: list[str], max_length: int, batch: int = 2048) -> np.ndarray:
+    """Untruncated token counts (texts are cut at a generous character cap so a huge cell stays cheap)."""
+    cap = max_length * CHARS_PER_TOKEN_CAP
+    out: list[int] = []
+    for i in range(0, len(texts), batch):
+        enc = tokenizer([t[:cap] for t in texts[i : i + batch]], truncation=False, add_special_tokens=True)
+        out.extend(len(ids) for ids in enc["input_ids"])
+    return np.asarray(out, dtype=np.int64)
+
+
+def check_recipe(recipe: Recipe) -> dict:
+    """Loads every split exactly as training would and reports on it.
+
+    Raises:
+        TextuneError: the same errors ``train`` would raise, before it writes anything.
+    """
+    task = get_task(recipe.task)(recipe)
+    splits = load_splits(recipe, task)
+    tokenizer = load_tokenizer(recipe.model.name, recipe.model.allow_network, recipe.model.trust_remote_code)
+    report: dict = {"task": recipe.task, "model": recipe.model.name, "max_length": recipe.data.max_length, "splits": {}}
+    labels = getattr(task, "labels", None)
+    for name, split in splits.items():
+        lengths = token_lengths(tokenizer, split.texts, recipe.data.max_length)
+        info = {
+            "rows": len(split.df),
+            "path": split.path,
+            "empty_texts": int(sum(1 for t in split.texts if not t.strip())),
+            "token_length_percentiles": {
+                f"p{q}": int(np.percentile(lengths, q)) for q in (50, 90, 95, 99, 100)
+            },
+            "truncated": int((lengths > recipe.data.max_length).sum()),
+        }
+        if split.targets is not None and labels:
+            counts = np.bincount(split.targets, minlength=len(labels))
+            info["label_counts"] = {lab: int(c) for lab, c in zip(labels, counts, strict=True)}
+        report["splits"][name] = info
+    return report
+
+
+def format_report(report: dict) -> str:
+    lines = [f"recipe OK: task {report['task']}, model {report['model']}, max_length {report['max_length']}"]
+    for name, info in report["splits"].items():
+        pct = info["token_length_percentiles"]
+        lines.append(f"{name}: {info['rows']} rows from {info['path']}")
+        lines.append(
+            "  tokens: " + ", ".join(f"{k} {v}" for k, v in pct.items())
+            + f"; {info['truncated']} truncated at {report['max_length']}"
+            + f" ({100 * info['truncated'] / max(info['rows'], 1):.1f}%)"
+        )
+        lines.append(f"  empty texts: {info['empty_texts']}")
+        if "label_counts" in info:
+            lines.append("  labels: " + ", ".join(f"{k} {v}" for k, v in info["label_counts"].items()))
+    return "\n".join(lines)

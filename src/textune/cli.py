@@ -1,0 +1,160 @@
+"""The ``textune`` command. Each subcommand is a thin wrapper over a plain function of the package."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from textune.errors import TextuneError
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    # Offline by default: nothing may reach for the hub unless a recipe allows it.
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not verbose:
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from textune.recipe import init_template
+
+    sys.stdout.write(init_template(args.task))
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from textune.check import check_recipe, format_report
+    from textune.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.set)
+    report = check_recipe(recipe)
+    print(format_report(report))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from textune.recipe import load_recipe
+    from textune.training.loop import train
+
+    recipe = load_recipe(args.recipe, args.set) if args.recipe else None
+    run_dir = train(recipe, out=args.out, resume=args.resume)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    _print_summary(summary)
+    print(f"run directory: {run_dir}")
+    return 0
+
+
+def _print_summary(summary: dict) -> None:
+    for split in ("validation", "test"):
+        metrics = summary.get(split)
+        if metrics:
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+            print(f"{split}: {shown}")
+    print(
+        f"train: {summary['train_seconds']:.1f} s, {summary['train_samples_per_s']:.1f} samples/s; "
+        f"trainable parameters {summary['parameters']['trainable']:,}"
+    )
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from textune import _atomic
+    from textune.predict import Predictor
+
+    predictor = Predictor.load(args.run)
+    df = predictor.read_input(args.input)
+    metrics = predictor.evaluate(df, source=args.input)
+    for k, v in metrics.items():
+        print(f"{k}: {v:.4f}")
+    out = Path(args.output) if args.output else Path(args.run) / "evaluations" / f"{Path(args.input).stem}.json"
+    _atomic.write_json(out, {"input": str(Path(args.input).resolve()), "rows": len(df), "metrics": metrics})
+    print(f"metrics written to {out}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from textune import _atomic
+    from textune.predict import Predictor
+
+    predictor = Predictor.load(args.run)
+    df = predictor.read_input(args.input)
+    sub = predictor.submission(df, proba=args.proba, source=args.input)
+    _atomic.write_with(Path(args.output), lambda p: sub.to_csv(p, index=False))
+    print(f"{len(sub)} predictions written to {args.output}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from textune import __version__
+
+    p = argparse.ArgumentParser(prog="textune", description="Fine-tune text encoders on tabular text data.")
+    p.add_argument("--version", action="version", version=f"textune {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress and library messages")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("init", help="print an annotated starter recipe")
+    s.add_argument("task", nargs="?", default="classification")
+    s.set_defaults(func=cmd_init)
+
+    def recipe_args(s: argparse.ArgumentParser, required: bool = True) -> None:
+        s.add_argument("recipe", nargs=None if required else "?", help="recipe YAML file")
+        s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a recipe key, e.g. --set train.lr=3e-5 (repeatable)")
+
+    s = sub.add_parser("check", help="validate a recipe and its data without training")
+    recipe_args(s)
+    s.set_defaults(func=cmd_check)
+
+    s = sub.add_parser("train", help="fine-tune and write a run directory")
+    recipe_args(s, required=False)
+    s.add_argument("--out", help="run directory (default: output.dir/<recipe>-<time>)")
+    s.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("evaluate", help="metrics of a trained run on a labelled file")
+    s.add_argument("run", help="run directory")
+    s.add_argument("--input", required=True, help="labelled CSV/TSV/JSONL/Parquet")
+    s.add_argument("--output", help="metrics JSON (default: RUN/evaluations/<input>.json)")
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("predict", help="write predictions for a file, keyed by the id column")
+    s.add_argument("run", help="run directory")
+    s.add_argument("--input", required=True, help="CSV/TSV/JSONL/Parquet with the run's text columns")
+    s.add_argument("--output", required=True, help="submission CSV")
+    s.add_argument("--proba", action="store_true", help="one probability column per class")
+    s.set_defaults(func=cmd_predict)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return args.func(args)
+    except TextuneError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        from textune.training.loop import TrainingInterrupted
+
+        if isinstance(exc, TrainingInterrupted):
+            print(f"stopped: {exc}", file=sys.stderr)
+            return 130
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

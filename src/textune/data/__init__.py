@@ -1,0 +1,1 @@
+"""Reading, checking, splitting, tokenizing and batching tabular text data."""

@@ -1,0 +1,1 @@
+"""Backbones (bundled, local or hub encoders) and their heads."""

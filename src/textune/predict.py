@@ -1,0 +1,146 @@
+"""Inference: length-sorted batches restored to input order; the Predictor over a run directory."""
+
+from __future__ import annotations
+
+import json
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from textune.data.batching import collate, inference_batches
+from textune.data.io import read_table, render_texts, require_columns, template_columns
+from textune.data.tokenize import Encoded, tokenize
+from textune.errors import TextuneError
+from textune.recipe import Recipe, recipe_from_dict
+from textune.rundir import verify_run_dir
+from textune.tasks import Task, get_task
+
+
+def autocast_for(device: torch.device, precision: str):
+    """An autocast context for Accelerate-style precision names (``no|bf16|fp16``)."""
+    if precision == "no":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+@torch.inference_mode()
+def infer_logits(
+    model: torch.nn.Module,
+    encoded: Encoded,
+    batch_size: int,
+    device: torch.device,
+    pad_id: int,
+    precision: str = "no",
+) -> np.ndarray:
+    """Model outputs for every row of ``encoded``, in input order (batches run longest first)."""
+    model.eval()
+    out: np.ndarray | None = None
+    for idx in inference_batches(encoded.lengths, batch_size):
+        batch = {k: v.to(device, non_blocking=True) for k, v in collate(encoded, idx, pad_id).items()}
+        with autocast_for(device, precision):
+            logits = model(**batch).logits
+        logits = logits.float().cpu().numpy()
+        if out is None:
+            out = np.zeros((len(encoded), logits.shape[1]), dtype=np.float32)
+        out[idx] = logits  # scatter back: row i of the output is input row i
+    if out is None:
+        return np.zeros((0, 0), dtype=np.float32)
+    return out
+
+
+def pad_id_of(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+class Predictor:
+    """A trained run, ready to predict. ``Predictor.load("runs/NAME").predict(["some text"])``."""
+
+    def __init__(self, run_dir: Path, recipe: Recipe, task: Task, model, tokenizer, device: torch.device):
+        self.run_dir, self.recipe, self.task = run_dir, recipe, task
+        self.model, self.tokenizer, self.device = model, tokenizer, device
+
+    @classmethod
+    def load(cls, run_dir: str | Path, device: str | None = None) -> Predictor:
+        """Loads ``run_dir`` after verifying its manifest checksums.
+
+        Raises:
+            TextuneError: the directory is missing, incomplete, from a newer textune or altered.
+        """
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        run_dir = Path(run_dir)
+        verify_run_dir(run_dir)
+        import yaml
+
+        recipe = recipe_from_dict(yaml.safe_load((run_dir / "recipe.yaml").read_text()), str(run_dir / "recipe.yaml"))
+        task = get_task(recipe.task)(recipe)
+        task.load_state(json.loads((run_dir / "labels.json").read_text()))
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        tokenizer = AutoTokenizer.from_pretrained(run_dir / "model", local_files_only=True)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            run_dir / "model", local_files_only=True, trust_remote_code=recipe.model.trust_remote_code
+        ).to(dev)
+        model.eval()
+        return cls(run_dir, recipe, task, model, tokenizer, dev)
+
+    # -- inputs ----------------------------------------------------------------------------------------------
+    def texts_of(self, data: pd.DataFrame | list[str] | str, source: str = "input") -> list[str]:
+        if isinstance(data, str):
+            return [data]
+        if isinstance(data, pd.DataFrame):
+            return render_texts(data, self.recipe.data.text, source)
+        return [str(t) for t in data]
+
+    def logits(self, data: pd.DataFrame | list[str] | str, source: str = "input") -> np.ndarray:
+        texts = self.texts_of(data, source)
+        encoded, _ = tokenize(self.tokenizer, texts, self.recipe.data.max_length)
+        return infer_logits(
+            self.model, encoded, self.recipe.train.eval_batch_size, self.device, pad_id_of(self.tokenizer)
+        )
+
+    # -- outputs ---------------------------------------------------------------------------------------------
+    def predict(self, data: pd.DataFrame | list[str] | str) -> list[Any]:
+        """Predicted labels, one per input row/text, in input order."""
+        frame = self.task.predictions(self.logits(data))
+        return frame.iloc[:, 0].tolist()
+
+    def predict_proba(self, data: pd.DataFrame | list[str] | str) -> pd.DataFrame:
+        """One probability column per class, one row per input, in input order."""
+        return self.task.predictions(self.logits(data), proba=True)
+
+    def evaluate(self, df: pd.DataFrame, source: str = "input") -> dict[str, float]:
+        require_columns(df, [self.recipe.data.label], source, "data.label")
+        targets = self.task.targets(df, source, "evaluation")
+        return self.task.metrics(self.logits(df, source), targets)
+
+    def read_input(self, path: str | Path) -> pd.DataFrame:
+        df = read_table(path)
+        require_columns(df, template_columns(self.recipe.data.text), path, "the run's data.text")
+        id_col = self.recipe.data.id
+        if id_col and id_col in df.columns:
+            dup = df[id_col].duplicated()
+            if dup.any():
+                first = df[id_col][dup].iloc[0]
+                raise TextuneError(
+                    f"{path}: column '{id_col}' has {int(dup.sum())} duplicate id(s) (first: {first!r} at file line "
+                    f"{int(np.flatnonzero(dup.to_numpy())[0]) + 2}); ids must be unique"
+                )
+        return df
+
+    def submission(self, df: pd.DataFrame, proba: bool = False, source: str = "input") -> pd.DataFrame:
+        """Id column followed by the task's prediction columns, in input order."""
+        id_col = self.recipe.data.id or "id"
+        ids = df[id_col].reset_index(drop=True) if id_col in df.columns else pd.Series(range(len(df)))
+        preds = self.task.predictions(self.logits(df, source), proba=proba)
+        preds.insert(0, id_col, ids)
+        return preds
+
+
+def classify(run_or_predictor: str | Path | Predictor, text: str) -> Any:
+    """The predicted label of one text: ``textune.classify("runs/NAME", "Wall St. Bears Claw Back")``."""
+    predictor = run_or_predictor if isinstance(run_or_predictor, Predictor) else Predictor.load(run_or_predictor)
+    return predictor.predict([text])[0]

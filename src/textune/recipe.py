@@ -1,0 +1,268 @@
+"""The typed recipe: YAML on disk, validated once, dotted overrides, saved with every run.
+
+Each field carries a one-line description; ``textune init`` prints them as comments.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+from textune.errors import TextuneError, did_you_mean
+
+TASKS = ("classification",)
+
+
+class _Section(BaseModel):
+    # extra="forbid": a misspelt key is an error, never silently ignored.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    train: str | None = Field(None, description="Training file (CSV, TSV, JSONL or Parquet).")
+    validation: str | None = Field(None, description="Validation file; if empty, a seeded stratified split of train.")
+    test: str | None = Field(None, description="Optional test file, evaluated (if labelled) and predicted at the end.")
+    valid_fraction: float = Field(0.1, gt=0, lt=1, description="Share of train held out when no validation file.")
+    text: str = Field("text", description="Text column, or a template joining columns, e.g. '{title}. {body}'.")
+    label: str = Field("label", description="Label column.")
+    id: str | None = Field(None, description="Id column written to submissions (row number if absent).")
+    labels: list[str] | None = Field(None, description="Label order; default: sorted label values from train.")
+    max_length: int = Field(128, ge=8, le=8192, description="Tokens per text; longer texts are truncated.")
+    max_rows: int | None = Field(None, ge=1, description="Use only the first N rows of train (quick experiments).")
+
+
+class ModelConfig(_Section):
+    name: str = Field(
+        "bundled:minilm",
+        description="'bundled:minilm', a local Hugging Face model directory, or a hub id (needs the local cache).",
+    )
+    allow_network: bool = Field(False, description="Let a hub id be downloaded when it is not in the local cache.")
+    dropout: float | None = Field(None, ge=0, lt=1, description="Override the model's hidden/attention dropout.")
+    trust_remote_code: bool = Field(False, description="Run code shipped with a hub model (off: it is code execution).")
+
+
+class EarlyStopping(_Section):
+    metric: str | None = Field(None, description="Validation metric to watch; default: the task's main metric.")
+    mode: Literal["max", "min"] | None = Field(None, description="'max' or 'min'; default: the metric's direction.")
+    patience: int | None = Field(None, ge=1, description="Stop after this many evaluations without improvement.")
+
+
+class TrainConfig(_Section):
+    epochs: float = Field(3, gt=0, description="Passes over train (ignored when max_steps is set).")
+    max_steps: int | None = Field(None, ge=1, description="Optimizer steps to run; overrides epochs.")
+    batch_size: int = Field(32, ge=1, description="Micro-batch size per process.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    eval_batch_size: int = Field(128, ge=1, description="Batch size for evaluation and prediction.")
+    lr: float = Field(5e-5, gt=0, description="Peak learning rate (AdamW).")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (not applied to biases and norms).")
+    scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="Learning-rate schedule.")
+    warmup_ratio: float = Field(0.06, ge=0, lt=1, description="Share of steps spent warming up the learning rate.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping norm; null turns it off.")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Cross-entropy label smoothing.")
+    class_weights: Literal["none", "balanced"] | list[float] = Field(
+        "none", description="'none', 'balanced' (inverse frequency) or one weight per label."
+    )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="'auto' picks bf16 where the CPU/GPU runs it natively, fp16 on older GPUs, else fp32."
+    )
+    seed: int = Field(42, description="Seed for splits, initialisation, batch order and dropout.")
+    group_by_length: bool = Field(True, description="Batch texts of similar length together (less padding).")
+    eval_every: int | None = Field(None, ge=1, description="Evaluate every N optimizer steps; default once an epoch.")
+    checkpoint_every: int | None = Field(
+        None, ge=1, description="Write a resumable checkpoint every N steps; default at every evaluation."
+    )
+    log_every: int = Field(10, ge=1, description="Log train loss every N optimizer steps.")
+    early_stopping: EarlyStopping = Field(default_factory=EarlyStopping, description="Early stopping.")
+    num_threads: int | None = Field(None, ge=1, description="CPU threads for torch; default: all cores.")
+    progress: bool = Field(True, description="Show a progress bar.")
+
+
+class OutputConfig(_Section):
+    dir: str = Field("runs", description="Parent directory of run directories.")
+    name: str | None = Field(None, description="Run directory name; default: recipe name + timestamp.")
+
+
+class Recipe(_Section):
+    task: str = Field("classification", description="Task kind: " + ", ".join(TASKS) + ".")
+    data: DataConfig = Field(default_factory=DataConfig, description="Where the data is and which columns to use.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Which pretrained encoder to fine-tune.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Optimisation settings.")
+    output: OutputConfig = Field(default_factory=OutputConfig, description="Where runs go.")
+    # The recipe file's stem, used to name run directories; not part of the saved recipe.
+    _stem: str = PrivateAttr("run")
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, v: str) -> str:
+        if v not in TASKS:
+            raise ValueError(f"unknown task '{v}'{did_you_mean(v, TASKS)}; choose one of {', '.join(TASKS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _labels_unique(self) -> Recipe:
+        labels = self.data.labels
+        if labels is not None and len(set(labels)) != len(labels):
+            raise ValueError("data.labels lists a label twice")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _fields_of(model: type[BaseModel], path: list[str]) -> list[str]:
+    """Valid key names at ``path`` (a list of section names) for the "did you mean" hint."""
+    for part in path:
+        field = model.model_fields.get(part)
+        ann = getattr(field, "annotation", None) if field else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return list(model.model_fields)
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    e = err.errors()[0]
+    loc = [str(p) for p in e["loc"] if not isinstance(p, int)]
+    key = ".".join(loc) or "(top level)"
+    if e["type"] == "extra_forbidden":
+        valid = _fields_of(Recipe, loc[:-1])
+        hint = did_you_mean(loc[-1], valid) or f" (valid keys: {', '.join(valid)})"
+        return f"{source}: unknown key '{key}'{hint}"
+    msg = e["msg"].removeprefix("Value error, ")
+    got = e.get("input")
+    got_s = "" if isinstance(got, dict) else f" (got {got!r})"
+    return f"{source}: key '{key}': {msg}{got_s}"
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Parses ``a.b.c=value``; the value is read as YAML, so ``3e-5``, ``true`` and ``[a, b]`` get their types."""
+    if "=" not in item:
+        raise TextuneError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.lr=3e-5")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    # YAML 1.1 reads "3e-5" as a string; numbers in scientific notation are what people type for lr.
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    return key.strip().split("."), value
+
+
+def apply_overrides(raw: dict, overrides: list[str] | None) -> dict:
+    raw = copy.deepcopy(raw)
+    for item in overrides or []:
+        keys, value = parse_override(item)
+        node = raw
+        for i, k in enumerate(keys[:-1]):
+            child = node.get(k)
+            if child is None:
+                child = node[k] = {}
+            elif not isinstance(child, dict):
+                raise TextuneError(f"--set {item}: '{'.'.join(keys[: i + 1])}' is not a section")
+            node = child
+        node[keys[-1]] = value
+    return raw
+
+
+def _resolve_paths(recipe: Recipe, base: Path) -> None:
+    """Makes data paths absolute: relative paths are read against the recipe file's folder, then the cwd."""
+    for key in ("train", "validation", "test"):
+        value = getattr(recipe.data, key)
+        if value is None or Path(value).is_absolute():
+            continue
+        beside = (base / value).resolve()
+        setattr(recipe.data, key, str(beside if beside.exists() or not Path(value).exists() else Path(value).resolve()))
+    name = recipe.model.name
+    if not name.startswith("bundled:") and not Path(name).is_absolute():
+        beside = base / name
+        if beside.is_dir():
+            recipe.model.name = str(beside.resolve())
+        elif Path(name).is_dir():
+            recipe.model.name = str(Path(name).resolve())
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise TextuneError(f"{path}: recipe file not found; create one with 'textune init classification > {path}'")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where else ""
+        raise TextuneError(f"{path}: not valid YAML{line}; fix the syntax") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise TextuneError(f"{path}: a recipe is a mapping of sections (task, data, model, train)")
+    return raw
+
+
+def recipe_from_dict(raw: dict, source: str = "recipe", base: Path | None = None) -> Recipe:
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as err:
+        raise TextuneError(_format_error(err, source)) from None
+    if base is not None:
+        _resolve_paths(recipe, base)
+    return recipe
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Loads and validates a recipe.
+
+    Args:
+        path: YAML file.
+        overrides: dotted ``KEY=VALUE`` strings, e.g. ``["train.lr=3e-5"]``.
+
+    Returns:
+        The validated :class:`Recipe`, with data paths made absolute.
+
+    Raises:
+        TextuneError: unknown keys (with a "did you mean"), wrong types, unreadable YAML.
+    """
+    path = Path(path)
+    raw = apply_overrides(read_yaml(path), overrides)
+    recipe = recipe_from_dict(raw, source=str(path), base=path.resolve().parent)
+    recipe._stem = path.stem
+    return recipe
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+def _annotated(model: BaseModel, indent: int = 0) -> list[str]:
+    lines: list[str] = []
+    pad = "  " * indent
+    for name, field in type(model).model_fields.items():
+        value = getattr(model, name)
+        doc = field.description or ""
+        if isinstance(value, BaseModel):
+            lines.append(f"{pad}{name}:  # {doc}")
+            lines.extend(_annotated(value, indent + 1))
+        else:
+            dumped = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+            lines.append(f"{pad}{name}: {dumped}  # {doc}")
+    return lines
+
+
+def init_template(task: str) -> str:
+    """An annotated starter recipe for ``task`` (``textune init``)."""
+    if task not in TASKS:
+        raise TextuneError(f"unknown task '{task}'{did_you_mean(task, TASKS)}; choose one of {', '.join(TASKS)}")
+    recipe = Recipe(task=task)
+    recipe.data.train = "train.csv"
+    header = [
+        f"# textune recipe ({task}). Paths are relative to this file. Every key is optional but data.train.",
+        "# Validate with: textune check recipe.yaml    Train with: textune train recipe.yaml",
+    ]
+    return "\n".join(header + _annotated(recipe)) + "\n"

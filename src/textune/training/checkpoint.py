@@ -1,0 +1,85 @@
+"""Resumable checkpoints, written atomically: a kill at any moment leaves the previous one usable.
+
+Weights are safetensors; optimizer, scheduler and RNG state are tensors and plain containers loaded with
+``weights_only=True``, so a checkpoint cannot run code.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from textune import _atomic
+from textune.errors import TextuneError
+
+STATE = "state.json"
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Only what training changes (all weights for full fine-tuning, adapters + head for LoRA)."""
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k in names}
+
+
+def save_checkpoint(ckpt_dir: Path, model, optimizer, scheduler, state: dict[str, Any]) -> None:
+    ckpt_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{ckpt_dir.name}.", dir=ckpt_dir.parent))
+    try:
+        save_file(trainable_state(model), tmp / "model.safetensors")
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save(rng_state(), tmp / "rng.pt")
+        # state.json last: its presence marks a complete checkpoint
+        (tmp / STATE).write_text(json.dumps(state, indent=1))
+        _atomic.replace_dir(tmp, ckpt_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def load_checkpoint(ckpt_dir: Path, model, optimizer, scheduler) -> dict[str, Any]:
+    _atomic.recover_dir(ckpt_dir)
+    if not (ckpt_dir / STATE).is_file():
+        raise TextuneError(f"{ckpt_dir}: no complete checkpoint to resume from; train again without --resume")
+    try:
+        weights = load_file(ckpt_dir / "model.safetensors")
+        missing = set(trainable_state(model)) - set(weights)
+        if missing:
+            raise TextuneError(f"{ckpt_dir}: checkpoint lacks {sorted(missing)[:3]}; it belongs to another model")
+        model.load_state_dict(weights, strict=False)
+        optimizer.load_state_dict(torch.load(ckpt_dir / "optimizer.pt", weights_only=True))
+        scheduler.load_state_dict(torch.load(ckpt_dir / "scheduler.pt", weights_only=True))
+        state = json.loads((ckpt_dir / STATE).read_text())
+        set_rng_state(torch.load(ckpt_dir / "rng.pt", weights_only=True))
+    except TextuneError:
+        raise
+    except Exception as exc:
+        raise TextuneError(f"{ckpt_dir}: checkpoint is unreadable ({type(exc).__name__}); train again") from None
+    return state

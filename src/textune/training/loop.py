@@ -1,0 +1,423 @@
+"""The training recipe, top to bottom: setup -> train epochs -> evaluate -> save.
+
+Written out on Accelerate (device, precision, backward, clipping) rather than hidden in a Trainer, so that
+resume, length-grouped batching and sorted inference are plain code one can read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from textune import _atomic
+from textune.data.batching import collate, train_batches
+from textune.data.prepare import Split, data_hashes, load_splits
+from textune.data.tokenize import tokenize
+from textune.errors import TextuneError
+from textune.models.backbone import load_classifier, load_tokenizer
+from textune.predict import infer_logits, pad_id_of
+from textune.recipe import Recipe, dump_recipe, recipe_from_dict
+from textune.report.plots import plot_loss, plot_metrics
+from textune.rundir import RunLock, new_run_dir, write_manifest
+from textune.tasks import Task, get_task
+from textune.training.checkpoint import load_checkpoint, save_checkpoint, seed_everything
+from textune.training.optim import build_optimizer, build_scheduler
+from textune.training.precision import configure_threads, resolve_precision, setup_cuda_speed
+
+log = logging.getLogger(__name__)
+
+
+class _Interrupt:
+    """Turns Ctrl-C into a flag checked between optimizer steps, so the checkpoint is taken at a clean point."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old = None
+
+    def __enter__(self) -> _Interrupt:
+        try:
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: leave Ctrl-C alone
+            self._old = None
+        return self
+
+    def _handle(self, *_: Any) -> None:
+        if self.requested:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+class TrainingInterrupted(Exception):
+    """Raised after Ctrl-C once a resumable checkpoint is written."""
+
+
+def read_history(path: Path, max_step: int | None = None) -> list[dict]:
+    """Records of metrics.jsonl (a torn last line from a kill is skipped), optionally up to ``max_step``."""
+    out: list[dict] = []
+    if not path.is_file():
+        return out
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if max_step is None or rec.get("step", 0) <= max_step:
+            out.append(rec)
+    return out
+
+
+def _accelerator(requested: str) -> Accelerator:
+    """An Accelerator with the resolved precision. Accelerate keeps its state process-wide; it is reset so
+    that several runs in one process (the Python API, a search) may use different precisions."""
+    from accelerate.state import AcceleratorState, PartialState
+
+    device = PartialState().device
+    precision = resolve_precision(requested, device)
+    AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(mixed_precision=precision)
+
+
+def _is_better(value: float, best: float | None, mode: str) -> bool:
+    if best is None:
+        return True
+    return value > best if mode == "max" else value < best
+
+
+def _prediction_frame(task: Task, split: Split, logits: np.ndarray, id_col: str | None) -> pd.DataFrame:
+    frame = task.predictions(logits)
+    frame.columns = [f"pred_{c}" for c in frame.columns]
+    probs = task.predictions(logits, proba=True)
+    probs.columns = [f"proba_{c}" for c in probs.columns]
+    frame = pd.concat([frame, probs], axis=1)
+    frame.insert(0, id_col or "row", split.ids(id_col))
+    if split.targets is not None and task.recipe.data.label in split.df.columns:
+        frame.insert(1, task.recipe.data.label, split.df[task.recipe.data.label].reset_index(drop=True))
+    return frame
+
+
+def _write_csv(path: Path, df: pd.DataFrame) -> None:
+    _atomic.write_with(path, lambda p: df.to_csv(p, index=False))
+
+
+def _save_model(model, tokenizer, run_dir: Path) -> None:
+    """The best weights as a standalone Hugging Face directory (safetensors + tokenizer + config)."""
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix=".model.", dir=run_dir))
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    _atomic.replace_dir(tmp, run_dir / "model")
+
+
+def _resolve_resume(resume: str | Path, recipe: Recipe | None) -> tuple[Path, Recipe]:
+    run_dir = Path(resume)
+    saved = run_dir / "recipe.yaml"
+    if not saved.is_file():
+        raise TextuneError(f"{run_dir}: not a textune run directory (no recipe.yaml); check the --resume path")
+    resumed = recipe_from_dict(yaml.safe_load(saved.read_text()), str(saved))
+    if recipe is not None and recipe.train != resumed.train:
+        log.warning("--resume: continuing with the recipe saved in %s (the given recipe differs)", run_dir)
+    if not (run_dir / "checkpoints" / "last").exists() and not (run_dir / "checkpoints" / "last.old").exists():
+        raise TextuneError(f"{run_dir}: no checkpoint to resume from yet; start the run again without --resume")
+    return run_dir, resumed
+
+
+def train(recipe: Recipe | None = None, out: str | Path | None = None, resume: str | Path | None = None) -> Path:
+    """Fine-tunes the recipe's model and writes a run directory.
+
+    Args:
+        recipe: the validated recipe (ignored when resuming: the run's saved recipe is used).
+        out: run directory; default ``output.dir/output.name`` (or recipe name + timestamp).
+        resume: an interrupted run directory to continue from its last checkpoint.
+
+    Returns:
+        The run directory.
+
+    Raises:
+        TextuneError: bad recipe or data (nothing is written), or a run that cannot be resumed.
+        TrainingInterrupted: Ctrl-C; a resumable checkpoint was written first.
+    """
+    if resume is not None:
+        run_dir, recipe = _resolve_resume(resume, recipe)
+    elif recipe is None:
+        raise TextuneError("train: give a recipe, or --resume RUN_DIR")
+    cfg = recipe.train
+    configure_threads(cfg.num_threads)
+    setup_cuda_speed()
+    seed_everything(cfg.seed)
+
+    # 1. Data: every check runs before anything is written.
+    task = get_task(recipe.task)(recipe)
+    splits = load_splits(recipe, task)
+    tokenizer = load_tokenizer(recipe.model.name, recipe.model.allow_network, recipe.model.trust_remote_code)
+    t0 = time.perf_counter()
+    for split in splits.values():
+        split.encoded, _ = tokenize(tokenizer, split.texts, recipe.data.max_length)
+    tokenize_s = time.perf_counter() - t0
+    if resume is None:
+        run_dir = Path(out) if out else new_run_dir(recipe.output.dir, recipe.output.name, recipe._stem)
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise TextuneError(f"{run_dir}: run directory is not empty; pick another --out or use --resume {run_dir}")
+
+    with RunLock(run_dir), _Interrupt() as interrupt:
+        return _train_in(run_dir, recipe, task, splits, tokenizer, tokenize_s, resume is not None, interrupt)
+
+
+def _train_in(
+    run_dir: Path,
+    recipe: Recipe,
+    task: Task,
+    splits: dict[str, Split],
+    tokenizer,
+    tokenize_s: float,
+    resuming: bool,
+    interrupt: _Interrupt,
+) -> Path:
+    cfg = recipe.train
+    accelerator = _accelerator(cfg.precision)
+    device = accelerator.device
+    precision = accelerator.mixed_precision
+
+    # 2. Model, optimizer, schedule. Seeded again so the head's initialisation does not depend on data loading.
+    seed_everything(cfg.seed)
+    model, _ = load_classifier(
+        recipe.model.name, task.model_kwargs(), allow_network=recipe.model.allow_network,
+        trust_remote_code=recipe.model.trust_remote_code, dropout=recipe.model.dropout,
+    )
+    train_split, valid_split = splits["train"], splits["validation"]
+    lengths = train_split.encoded.lengths
+    micro_per_epoch = len(train_batches(lengths, cfg.batch_size, cfg.seed, 0, cfg.group_by_length))
+    steps_per_epoch = math.ceil(micro_per_epoch / cfg.grad_accum)
+    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    optimizer = build_optimizer(model, cfg, device)
+    scheduler = build_scheduler(optimizer, cfg, total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    pad_id = pad_id_of(tokenizer)
+    main_metric = cfg.early_stopping.metric or task.main_metric
+    mode = cfg.early_stopping.mode or ("max" if task.greater_is_better or main_metric != "loss" else "min")
+    if main_metric.endswith("loss") and cfg.early_stopping.mode is None:
+        mode = "min"
+    eval_every = cfg.eval_every or steps_per_epoch
+    ckpt_every = cfg.checkpoint_every or eval_every
+    metrics_path = run_dir / "metrics.jsonl"
+
+    # 3. Fresh run or resume.
+    state: dict[str, Any] = {
+        "step": 0, "epoch": 0, "step_in_epoch": 0, "best": None, "best_step": None, "bad_evals": 0,
+        "train_seconds": 0.0, "samples": 0, "tokens": 0, "done": False,
+    }
+    ckpt_dir = run_dir / "checkpoints" / "last"
+    if resuming:
+        state = load_checkpoint(ckpt_dir, accelerator.unwrap_model(model), optimizer, scheduler)
+        history = read_history(metrics_path, state["step"])
+        _atomic.write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
+        log.info("resuming %s at step %d of %d", run_dir, state["step"], total_steps)
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _atomic.write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
+        _atomic.write_json(run_dir / "labels.json", task.state())
+        metrics_path.write_text("")
+
+    def evaluate() -> dict[str, float]:
+        logits = infer_logits(model, valid_split.encoded, cfg.eval_batch_size, device, pad_id, precision)
+        metrics = task.metrics(logits, valid_split.targets)
+        with torch.no_grad():
+            metrics["loss"] = float(task.loss(torch.from_numpy(logits), torch.from_numpy(valid_split.targets)))
+        return metrics
+
+    def checkpoint() -> None:
+        if accelerator.is_main_process:
+            save_checkpoint(ckpt_dir, accelerator.unwrap_model(model), optimizer, scheduler, state)
+
+    # 4. Train.
+    bar = tqdm(total=total_steps, initial=state["step"], disable=not cfg.progress, desc="train", unit="step",
+               dynamic_ncols=True)
+    window_loss, window_n, t_window = 0.0, 0, time.perf_counter()
+    stop = state["done"]
+    while not stop and state["step"] < total_steps:
+        batches = train_batches(lengths, cfg.batch_size, cfg.seed, state["epoch"], cfg.group_by_length)
+        groups = [batches[i : i + cfg.grad_accum] for i in range(0, len(batches), cfg.grad_accum)]
+        if state["step_in_epoch"] >= len(groups):
+            state["epoch"] += 1
+            state["step_in_epoch"] = 0
+            continue
+        model.train()
+        t_step = time.perf_counter()
+        group = groups[state["step_in_epoch"]]
+        n_group = sum(len(mb) for mb in group)
+        step_loss = 0.0
+        for j, mb in enumerate(group):
+            batch = {k: v.to(device, non_blocking=True) for k, v in collate(train_split.encoded, mb, pad_id).items()}
+            targets = torch.from_numpy(train_split.targets[mb]).to(device)
+            # no_sync: under several processes, gradients are all-reduced once per step, not per micro-batch
+            sync = j == len(group) - 1
+            with (accelerator.no_sync(model) if not sync else _null()), accelerator.autocast():
+                logits = model(**batch).logits
+                # weight each micro-batch by its share so the step's gradient is the mean over the group
+                loss = task.loss(logits, targets) * (len(mb) / n_group)
+                accelerator.backward(loss)
+            step_loss += float(loss.detach())
+            state["tokens"] += int(batch["attention_mask"].sum())
+        if not math.isfinite(step_loss):
+            raise TextuneError(
+                f"training: non-finite loss at step {state['step'] + 1}; the last good checkpoint is kept in "
+                f"{ckpt_dir}; lower train.lr or use train.precision: fp32"
+            )
+        if cfg.max_grad_norm is not None:
+            accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        optimizer.step()
+        if not accelerator.optimizer_step_was_skipped:
+            scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        state["step"] += 1
+        state["step_in_epoch"] += 1
+        state["samples"] += n_group
+        state["train_seconds"] += time.perf_counter() - t_step
+        window_loss += step_loss
+        window_n += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{step_loss:.4f}", samples_s=f"{state['samples'] / max(state['train_seconds'], 1e-9):.1f}")
+
+        at_end = state["step"] >= total_steps
+        end_of_epoch = state["step_in_epoch"] >= len(groups)
+        if state["step"] % cfg.log_every == 0 or at_end:
+            rec = {
+                "step": state["step"], "epoch": round(state["epoch"] + state["step_in_epoch"] / len(groups), 4),
+                "split": "train", "loss": window_loss / window_n, "lr": scheduler.get_last_lr()[0],
+                "samples_per_s": window_n and n_group * window_n / (time.perf_counter() - t_window),
+            }
+            _atomic.append_jsonl(metrics_path, rec)
+            window_loss, window_n, t_window = 0.0, 0, time.perf_counter()
+        evaluated = False
+        if state["step"] % eval_every == 0 or at_end or (cfg.eval_every is None and end_of_epoch):
+            metrics = evaluate()
+            evaluated = True
+            _atomic.append_jsonl(metrics_path, {"step": state["step"], "split": "validation", **metrics})
+            value = metrics[main_metric]
+            if _is_better(value, state["best"], mode):
+                state.update(best=value, best_step=state["step"], bad_evals=0)
+                if accelerator.is_main_process:
+                    _save_model(accelerator.unwrap_model(model), tokenizer, run_dir)
+            else:
+                state["bad_evals"] += 1
+            patience = cfg.early_stopping.patience
+            if patience is not None and state["bad_evals"] >= patience:
+                log.info("early stopping at step %d: no %s improvement in %d evaluations",
+                         state["step"], main_metric, patience)
+                stop = True
+        if at_end or stop:
+            state["done"] = True
+        if evaluated or state["step"] % ckpt_every == 0 or state["done"] or interrupt.requested:
+            checkpoint()
+        if interrupt.requested:
+            bar.close()
+            raise TrainingInterrupted(f"interrupted at step {state['step']}; continue with --resume {run_dir}")
+        if end_of_epoch:
+            state["epoch"] += 1
+            state["step_in_epoch"] = 0
+    bar.close()
+
+    # 5. Final: best model on validation (and test), predictions, plots, summary, manifest.
+    return _finish(run_dir, recipe, task, splits, tokenizer, state, precision, device, tokenize_s, main_metric)
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+def _finish(
+    run_dir: Path,
+    recipe: Recipe,
+    task: Task,
+    splits: dict[str, Split],
+    tokenizer,
+    state: dict[str, Any],
+    precision: str,
+    device: torch.device,
+    tokenize_s: float,
+    main_metric: str,
+) -> Path:
+    from transformers import AutoModelForSequenceClassification
+
+    cfg = recipe.train
+    best = AutoModelForSequenceClassification.from_pretrained(run_dir / "model", local_files_only=True).to(device)
+    pad_id = pad_id_of(tokenizer)
+    results: dict[str, dict[str, float]] = {}
+    t0 = time.perf_counter()
+    valid_logits = None
+    for name, split in splits.items():
+        if name == "train":
+            continue
+        logits = infer_logits(best, split.encoded, cfg.eval_batch_size, device, pad_id, precision)
+        if split.targets is not None:
+            results[name] = task.metrics(logits, split.targets)
+        if name == "validation":
+            valid_logits = logits
+        _write_csv(run_dir / "predictions" / f"{name}.csv", _prediction_frame(task, split, logits, recipe.data.id))
+    predict_s = time.perf_counter() - t0
+
+    history = read_history(run_dir / "metrics.jsonl")
+    plots = run_dir / "plots"
+    plot_loss(history, plots / "loss.png")
+    names = [n for n in ("accuracy", "precision_macro", "recall_macro", "f1_macro") if n in results.get("validation", {})]
+    plot_metrics(history, names or [main_metric], plots / "metrics.png")
+    task.plots(plots, valid_logits, splits["validation"].targets)
+
+    trainable = sum(p.numel() for p in best.parameters() if p.requires_grad)
+    params = {"total": sum(p.numel() for p in best.parameters()), "trainable": trainable}
+    secs = max(state["train_seconds"], 1e-9)
+    summary = {
+        "task": recipe.task,
+        "model": recipe.model.name,
+        "main_metric": main_metric,
+        "best_step": state["best_step"],
+        "steps": state["step"],
+        "validation": results.get("validation"),
+        "test": results.get("test"),
+        "parameters": {**params, "trainable_percent": round(100 * params["trainable"] / params["total"], 3)},
+        "precision": precision,
+        "device": str(device),
+        "train_rows": len(splits["train"].df),
+        "validation_rows": len(splits["validation"].df),
+        "tokenize_seconds": round(tokenize_s, 3),
+        "train_seconds": round(state["train_seconds"], 3),
+        "predict_seconds": round(predict_s, 3),
+        "train_samples_per_s": round(state["samples"] / secs, 2),
+        "train_tokens_per_s": round(state["tokens"] / secs, 1),
+        "peak_memory_mb": _peak_memory_mb(device),
+    }
+    _atomic.write_json(run_dir / "summary.json", summary)
+    write_manifest(run_dir, seed=cfg.seed, data_hashes=data_hashes(recipe), device=str(device))
+    from textune.report.html import write_report
+
+    write_report(run_dir)
+    return run_dir
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    import resource
+
+    # ru_maxrss is in KiB on Linux: the whole process's peak resident memory
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
