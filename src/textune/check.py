@@ -30,7 +30,12 @@ def check_recipe(recipe: Recipe) -> dict:
     task = get_task(recipe.task)(recipe)
     splits = load_splits(recipe, task)
     tokenizer = load_tokenizer(recipe.model.name, recipe.model.allow_network, recipe.model.trust_remote_code)
-    report: dict = {"task": recipe.task, "model": recipe.model.name, "max_length": recipe.data.max_length, "splits": {}}
+    report: dict = {
+        "task": recipe.task,
+        "model": recipe.model.name,
+        "max_length": recipe.data.max_length,
+        "splits": {},
+    }
     labels = getattr(task, "labels", None)
     for name, split in splits.items():
         lengths = token_lengths(tokenizer, split.texts, recipe.data.max_length)
@@ -56,7 +61,8 @@ def format_report(report: dict) -> str:
         pct = info["token_length_percentiles"]
         lines.append(f"{name}: {info['rows']} rows from {info['path']}")
         lines.append(
-            "  tokens: " + ", ".join(f"{k} {v}" for k, v in pct.items())
+            "  tokens: "
+            + ", ".join(f"{k} {v}" for k, v in pct.items())
             + f"; {info['truncated']} truncated at {report['max_length']}"
             + f" ({100 * info['truncated'] / max(info['rows'], 1):.1f}%)"
         )

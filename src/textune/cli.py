@@ -14,7 +14,9 @@ from textune.errors import TextuneError
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s: %(message)s"
+    )
     # Offline by default: nothing may reach for the hub unless a recipe allows it.
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -23,6 +25,7 @@ def _setup_logging(verbose: bool) -> None:
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()  # "Writing model shards" bars would drown textune's own bar
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -75,7 +78,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     metrics = predictor.evaluate(df, source=args.input)
     for k, v in metrics.items():
         print(f"{k}: {v:.4f}")
-    out = Path(args.output) if args.output else Path(args.run) / "evaluations" / f"{Path(args.input).stem}.json"
+    out = (
+        Path(args.output) if args.output else Path(args.run) / "evaluations" / f"{Path(args.input).stem}.json"
+    )
     _atomic.write_json(out, {"input": str(Path(args.input).resolve()), "rows": len(df), "metrics": metrics})
     print(f"metrics written to {out}")
     return 0
@@ -107,8 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     def recipe_args(s: argparse.ArgumentParser, required: bool = True) -> None:
         s.add_argument("recipe", nargs=None if required else "?", help="recipe YAML file")
-        s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a recipe key, e.g. --set train.lr=3e-5 (repeatable)")
+        s.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a recipe key, e.g. --set train.lr=3e-5 (repeatable)",
+        )
 
     s = sub.add_parser("check", help="validate a recipe and its data without training")
     recipe_args(s)

@@ -100,7 +100,16 @@ def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": sys.version.split()[0], "textune": __version__}
-    for pkg in ("torch", "transformers", "tokenizers", "accelerate", "peft", "scikit-learn", "pandas", "numpy"):
+    for pkg in (
+        "torch",
+        "transformers",
+        "tokenizers",
+        "accelerate",
+        "peft",
+        "scikit-learn",
+        "pandas",
+        "numpy",
+    ):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
@@ -143,7 +152,9 @@ def verify_run_dir(run_dir: str | Path) -> dict:
     try:
         manifest = json.loads((run_dir / "manifest.json").read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise TextuneError(f"{run_dir}/manifest.json: not valid JSON; the run directory is corrupted") from None
+        raise TextuneError(
+            f"{run_dir}/manifest.json: not valid JSON; the run directory is corrupted"
+        ) from None
     fmt = manifest.get("format")
     if not isinstance(fmt, int) or fmt > RUN_FORMAT:
         raise TextuneError(
@@ -153,7 +164,9 @@ def verify_run_dir(run_dir: str | Path) -> dict:
     for rel, digest in recorded.items():
         p = run_dir / rel
         if not p.is_file():
-            raise TextuneError(f"{run_dir}: {rel} is listed in manifest.json but missing; the run is incomplete")
+            raise TextuneError(
+                f"{run_dir}: {rel} is listed in manifest.json but missing; the run is incomplete"
+            )
         if _sha256(p) != digest:
             raise TextuneError(f"{run_dir}: checksum mismatch for {rel}; the file was altered or corrupted")
     return manifest

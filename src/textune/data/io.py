@@ -12,7 +12,14 @@ import pandas as pd
 
 from textune.errors import TextuneError, did_you_mean
 
-FORMATS = {".csv": "csv", ".tsv": "tsv", ".txt": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+FORMATS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".txt": "csv",
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".parquet": "parquet",
+}
 # Tried in order after UTF-8; cp1252 covers most Windows exports, latin-1 decodes any byte (last resort).
 FALLBACK_ENCODINGS = ("cp1252", "latin-1")
 
@@ -54,7 +61,9 @@ def read_table(path: str | Path, *, allow_pickle: bool = False) -> pd.DataFrame:
             f"{path}: pickle files can run arbitrary code when loaded, so textune does not read them{hint}"
         )
     if not path.is_file():
-        raise TextuneError(f"{path}: file not found; check the path (relative paths are read from the recipe's folder)")
+        raise TextuneError(
+            f"{path}: file not found; check the path (relative paths are read from the recipe's folder)"
+        )
     if path.stat().st_size == 0:
         raise TextuneError(f"{path}: file is empty; it needs a header row and at least one data row")
     fmt = FORMATS.get(suffix)
@@ -74,16 +83,25 @@ def read_table(path: str | Path, *, allow_pickle: bool = False) -> pd.DataFrame:
                 # keep_default_na=False: an empty cell stays "" (an empty text is allowed); only a truly
                 # missing value becomes NaN, which matters for labels.
                 df = pd.read_csv(
-                    io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, na_values=[""],
-                    quoting=csv.QUOTE_MINIMAL, engine="python" if len(text) > 50_000_000 else "c",
+                    io.StringIO(text),
+                    sep=sep,
+                    dtype=str,
+                    keep_default_na=False,
+                    na_values=[""],
+                    quoting=csv.QUOTE_MINIMAL,
+                    engine="python" if len(text) > 50_000_000 else "c",
                 )
     except TextuneError:
         raise
     except (pd.errors.ParserError, ValueError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TextuneError(f"{path}: cannot be parsed as {fmt} ({first}); check quoting and delimiters") from None
+        raise TextuneError(
+            f"{path}: cannot be parsed as {fmt} ({first}); check quoting and delimiters"
+        ) from None
     except Exception as exc:  # pyarrow and friends raise their own types for corrupt files
-        raise TextuneError(f"{path}: cannot be read as {fmt} ({type(exc).__name__}); is the file corrupted?") from None
+        raise TextuneError(
+            f"{path}: cannot be read as {fmt} ({type(exc).__name__}); is the file corrupted?"
+        ) from None
     if len(df.columns) == 0:
         raise TextuneError(f"{path}: no columns found; the first row must be a header")
     if len(df) == 0:
@@ -117,4 +135,6 @@ def render_texts(df: pd.DataFrame, template: str, path: str | Path, key: str = "
     try:
         return [template.format(**row) for row in frame.to_dict("records")]
     except (ValueError, IndexError, KeyError) as exc:
-        raise TextuneError(f"{key}: template {template!r} is malformed ({exc}); use '{{column}}' fields") from None
+        raise TextuneError(
+            f"{key}: template {template!r} is malformed ({exc}); use '{{column}}' fields"
+        ) from None

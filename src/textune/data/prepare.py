@@ -71,4 +71,8 @@ def load_splits(recipe: Recipe, task: Task) -> dict[str, Split]:
 
 
 def data_hashes(recipe: Recipe) -> dict[str, str]:
-    return {k: sha256_file(p) for k in ("train", "validation", "test") if (p := getattr(recipe.data, k)) and Path(p).is_file()}
+    return {
+        k: sha256_file(p)
+        for k in ("train", "validation", "test")
+        if (p := getattr(recipe.data, k)) and Path(p).is_file()
+    }

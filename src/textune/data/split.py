@@ -26,7 +26,8 @@ def split_indices(
             small = counts[counts < 2].index.tolist()[:5]
             log.warning(
                 "class(es) %s have a single row: the validation split is not stratified "
-                "(add rows or give data.validation)", small,
+                "(add rows or give data.validation)",
+                small,
             )
     n_valid = max(1, round(n * fraction))
     if strat is not None and n_valid < stratify.nunique():

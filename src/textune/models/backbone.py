@@ -29,7 +29,9 @@ def resolve_model_path(name: str) -> str:
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
-            raise TextuneError(f"model.name: {path} has no config.json; point it at a Hugging Face model directory")
+            raise TextuneError(
+                f"model.name: {path} has no config.json; point it at a Hugging Face model directory"
+            )
         return str(path)
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise TextuneError(f"model.name: directory {name} not found")
@@ -45,7 +47,9 @@ def _load(loader, name: str, allow_network: bool, what: str, **kwargs):
         return loader(name, **_hub_kwargs(name, allow_network), **kwargs)
     except OSError as exc:
         if Path(name).exists():
-            raise TextuneError(f"model.name: cannot load the {what} from {name} ({str(exc).splitlines()[0]})") from None
+            raise TextuneError(
+                f"model.name: cannot load the {what} from {name} ({str(exc).splitlines()[0]})"
+            ) from None
         raise TextuneError(
             f"model.name: '{name}' is not a local directory and not in the Hugging Face cache; download it on a "
             f"machine with network (huggingface-cli download {name} --local-dir DIR) and set model.name: DIR, "
@@ -57,7 +61,10 @@ def load_tokenizer(name: str, allow_network: bool = False, trust_remote_code: bo
     from transformers import AutoTokenizer
 
     tok = _load(
-        AutoTokenizer.from_pretrained, resolve_model_path(name), allow_network, "tokenizer",
+        AutoTokenizer.from_pretrained,
+        resolve_model_path(name),
+        allow_network,
+        "tokenizer",
         trust_remote_code=trust_remote_code,
     )
     if not getattr(tok, "is_fast", False):
@@ -69,8 +76,12 @@ def load_config(name: str, allow_network: bool = False, trust_remote_code: bool 
     from transformers import AutoConfig
 
     return _load(
-        AutoConfig.from_pretrained, resolve_model_path(name), allow_network, "config",
-        trust_remote_code=trust_remote_code, **kwargs,
+        AutoConfig.from_pretrained,
+        resolve_model_path(name),
+        allow_network,
+        "config",
+        trust_remote_code=trust_remote_code,
+        **kwargs,
     )
 
 
@@ -78,8 +89,15 @@ def apply_dropout(config, dropout: float | None) -> None:
     """Sets every dropout-like field the architecture has (names differ between BERT, DeBERTa, ELECTRA...)."""
     if dropout is None:
         return
-    for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout", "pooler_dropout",
-                "hidden_dropout", "attention_dropout", "dropout"):
+    for key in (
+        "hidden_dropout_prob",
+        "attention_probs_dropout_prob",
+        "classifier_dropout",
+        "pooler_dropout",
+        "hidden_dropout",
+        "attention_dropout",
+        "dropout",
+    ):
         if hasattr(config, key):
             setattr(config, key, dropout)
 
@@ -111,8 +129,12 @@ def load_classifier(
     hf_logging.set_verbosity_error()
     try:
         model = _load(
-            AutoModelForSequenceClassification.from_pretrained, path, allow_network, "model",
-            config=config, trust_remote_code=trust_remote_code,
+            AutoModelForSequenceClassification.from_pretrained,
+            path,
+            allow_network,
+            "model",
+            config=config,
+            trust_remote_code=trust_remote_code,
         )
     finally:
         hf_logging.set_verbosity(level)

@@ -36,7 +36,11 @@ def write_report(run_dir: str | Path) -> Path:
     for split in ("validation", "test"):
         if summary.get(split):
             parts += [f"<h2>{split.title()} metrics</h2>", _table(summary[split])]
-    timing = {k: v for k, v in summary.items() if k.endswith(("seconds", "per_s", "_mb")) or k in ("device", "precision")}
+    timing = {
+        k: v
+        for k, v in summary.items()
+        if k.endswith(("seconds", "per_s", "_mb")) or k in ("device", "precision")
+    }
     parts += ["<h2>Timing and resources</h2>", _table(timing)]
     parts += ["<h2>Parameters</h2>", _table(summary.get("parameters", {}))]
     data = {k: summary[k] for k in ("train_rows", "validation_rows") if k in summary}
@@ -44,6 +48,8 @@ def write_report(run_dir: str | Path) -> Path:
     parts.append("<h2>Plots</h2>")
     for png in sorted((run_dir / "plots").glob("*.png")):
         b64 = base64.b64encode(png.read_bytes()).decode()
-        parts.append(f"<h3>{html.escape(png.stem)}</h3><img alt='{html.escape(png.stem)}' src='data:image/png;base64,{b64}'>")
+        parts.append(
+            f"<h3>{html.escape(png.stem)}</h3><img alt='{html.escape(png.stem)}' src='data:image/png;base64,{b64}'>"
+        )
     parts += ["<h2>Recipe</h2>", f"<pre>{html.escape(recipe)}</pre>", "</body></html>"]
     return _atomic.write_text(run_dir / "report.html", "\n".join(parts))

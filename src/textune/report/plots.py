@@ -61,6 +61,13 @@ def plot_confusion(cm: np.ndarray, labels: list[str], path: Path) -> Path:
     top = cm.max() if cm.size else 0
     for i in range(k):
         for j in range(k):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if cm[i, j] > top / 2 else "black")
+            ax.text(
+                j,
+                i,
+                str(cm[i, j]),
+                ha="center",
+                va="center",
+                color="white" if cm[i, j] > top / 2 else "black",
+            )
     ax.set_title("Confusion matrix (validation)")
     return _save(fig, path)

@@ -23,10 +23,12 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def _label_strings(series: pd.Series) -> pd.Series:
     """Labels as strings; "1.0" from a float column becomes "1" so files with and without NaN agree."""
+
     def norm(v: Any) -> Any:
         if isinstance(v, float) and v.is_integer():
             return str(int(v))
         return v if v is None or (isinstance(v, float) and np.isnan(v)) else str(v).strip()
+
     return series.map(norm)
 
 
@@ -89,7 +91,7 @@ class ClassificationTask(Task):
                 f"{path}: {split} label(s) {unknown[:5]} in column '{self.recipe.data.label}' never occur in train; "
                 f"fix the labels or list them in data.labels"
             )
-        return labels.map(index).to_numpy(dtype=np.int64)
+        return labels.map(index).to_numpy(dtype=np.int64, copy=True)
 
     def stratify_on(self, df: pd.DataFrame) -> pd.Series | None:
         return _label_strings(df[self.recipe.data.label])

@@ -129,22 +129,45 @@ def _resolve_resume(resume: str | Path, recipe: Recipe | None) -> tuple[Path, Re
     run_dir = Path(resume)
     saved = run_dir / "recipe.yaml"
     if not saved.is_file():
-        raise TextuneError(f"{run_dir}: not a textune run directory (no recipe.yaml); check the --resume path")
+        raise TextuneError(
+            f"{run_dir}: not a textune run directory (no recipe.yaml); check the --resume path"
+        )
     resumed = recipe_from_dict(yaml.safe_load(saved.read_text()), str(saved))
     if recipe is not None and recipe.train != resumed.train:
         log.warning("--resume: continuing with the recipe saved in %s (the given recipe differs)", run_dir)
-    if not (run_dir / "checkpoints" / "last").exists() and not (run_dir / "checkpoints" / "last.old").exists():
-        raise TextuneError(f"{run_dir}: no checkpoint to resume from yet; start the run again without --resume")
+    if (
+        not (run_dir / "checkpoints" / "last").exists()
+        and not (run_dir / "checkpoints" / "last.old").exists()
+    ):
+        raise TextuneError(
+            f"{run_dir}: no checkpoint to resume from yet; start the run again without --resume"
+        )
     return run_dir, resumed
 
 
-def train(recipe: Recipe | None = None, out: str | Path | None = None, resume: str | Path | None = None) -> Path:
+class Callback:
+    """Hooks into the loop (e.g. Optuna pruning). Raising from a hook stops training; the checkpoint stays."""
+
+    def on_evaluate(self, step: int, metrics: dict[str, float]) -> None:
+        """After each validation pass, with the validation metrics."""
+
+    def on_step_end(self, state: dict[str, Any]) -> None:
+        """After each optimizer step (and its checkpoint, if one was due)."""
+
+
+def train(
+    recipe: Recipe | None = None,
+    out: str | Path | None = None,
+    resume: str | Path | None = None,
+    callbacks: list[Callback] | None = None,
+) -> Path:
     """Fine-tunes the recipe's model and writes a run directory.
 
     Args:
         recipe: the validated recipe (ignored when resuming: the run's saved recipe is used).
         out: run directory; default ``output.dir/output.name`` (or recipe name + timestamp).
         resume: an interrupted run directory to continue from its last checkpoint.
+        callbacks: hooks called after each evaluation and optimizer step.
 
     Returns:
         The run directory.
@@ -173,10 +196,22 @@ def train(recipe: Recipe | None = None, out: str | Path | None = None, resume: s
     if resume is None:
         run_dir = Path(out) if out else new_run_dir(recipe.output.dir, recipe.output.name, recipe._stem)
         if run_dir.exists() and any(run_dir.iterdir()):
-            raise TextuneError(f"{run_dir}: run directory is not empty; pick another --out or use --resume {run_dir}")
+            raise TextuneError(
+                f"{run_dir}: run directory is not empty; pick another --out or use --resume {run_dir}"
+            )
 
     with RunLock(run_dir), _Interrupt() as interrupt:
-        return _train_in(run_dir, recipe, task, splits, tokenizer, tokenize_s, resume is not None, interrupt)
+        return _train_in(
+            run_dir,
+            recipe,
+            task,
+            splits,
+            tokenizer,
+            tokenize_s,
+            resume is not None,
+            interrupt,
+            callbacks or [],
+        )
 
 
 def _train_in(
@@ -188,6 +223,7 @@ def _train_in(
     tokenize_s: float,
     resuming: bool,
     interrupt: _Interrupt,
+    callbacks: list[Callback],
 ) -> Path:
     cfg = recipe.train
     accelerator = _accelerator(cfg.precision)
@@ -197,8 +233,11 @@ def _train_in(
     # 2. Model, optimizer, schedule. Seeded again so the head's initialisation does not depend on data loading.
     seed_everything(cfg.seed)
     model, _ = load_classifier(
-        recipe.model.name, task.model_kwargs(), allow_network=recipe.model.allow_network,
-        trust_remote_code=recipe.model.trust_remote_code, dropout=recipe.model.dropout,
+        recipe.model.name,
+        task.model_kwargs(),
+        allow_network=recipe.model.allow_network,
+        trust_remote_code=recipe.model.trust_remote_code,
+        dropout=recipe.model.dropout,
     )
     train_split, valid_split = splits["train"], splits["validation"]
     lengths = train_split.encoded.lengths
@@ -219,8 +258,16 @@ def _train_in(
 
     # 3. Fresh run or resume.
     state: dict[str, Any] = {
-        "step": 0, "epoch": 0, "step_in_epoch": 0, "best": None, "best_step": None, "bad_evals": 0,
-        "train_seconds": 0.0, "samples": 0, "tokens": 0, "done": False,
+        "step": 0,
+        "epoch": 0,
+        "step_in_epoch": 0,
+        "best": None,
+        "best_step": None,
+        "bad_evals": 0,
+        "train_seconds": 0.0,
+        "samples": 0,
+        "tokens": 0,
+        "done": False,
     }
     ckpt_dir = run_dir / "checkpoints" / "last"
     if resuming:
@@ -238,7 +285,9 @@ def _train_in(
         logits = infer_logits(model, valid_split.encoded, cfg.eval_batch_size, device, pad_id, precision)
         metrics = task.metrics(logits, valid_split.targets)
         with torch.no_grad():
-            metrics["loss"] = float(task.loss(torch.from_numpy(logits), torch.from_numpy(valid_split.targets)))
+            metrics["loss"] = float(
+                task.loss(torch.from_numpy(logits), torch.from_numpy(valid_split.targets))
+            )
         return metrics
 
     def checkpoint() -> None:
@@ -246,8 +295,14 @@ def _train_in(
             save_checkpoint(ckpt_dir, accelerator.unwrap_model(model), optimizer, scheduler, state)
 
     # 4. Train.
-    bar = tqdm(total=total_steps, initial=state["step"], disable=not cfg.progress, desc="train", unit="step",
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=total_steps,
+        initial=state["step"],
+        disable=not cfg.progress,
+        desc="train",
+        unit="step",
+        dynamic_ncols=True,
+    )
     window_loss, window_n, t_window = 0.0, 0, time.perf_counter()
     stop = state["done"]
     while not stop and state["step"] < total_steps:
@@ -263,11 +318,14 @@ def _train_in(
         n_group = sum(len(mb) for mb in group)
         step_loss = 0.0
         for j, mb in enumerate(group):
-            batch = {k: v.to(device, non_blocking=True) for k, v in collate(train_split.encoded, mb, pad_id).items()}
+            batch = {
+                k: v.to(device, non_blocking=True)
+                for k, v in collate(train_split.encoded, mb, pad_id).items()
+            }
             targets = torch.from_numpy(train_split.targets[mb]).to(device)
             # no_sync: under several processes, gradients are all-reduced once per step, not per micro-batch
             sync = j == len(group) - 1
-            with (accelerator.no_sync(model) if not sync else _null()), accelerator.autocast():
+            with accelerator.no_sync(model) if not sync else _null(), accelerator.autocast():
                 logits = model(**batch).logits
                 # weight each micro-batch by its share so the step's gradient is the mean over the group
                 loss = task.loss(logits, targets) * (len(mb) / n_group)
@@ -292,14 +350,19 @@ def _train_in(
         window_loss += step_loss
         window_n += 1
         bar.update(1)
-        bar.set_postfix(loss=f"{step_loss:.4f}", samples_s=f"{state['samples'] / max(state['train_seconds'], 1e-9):.1f}")
+        bar.set_postfix(
+            loss=f"{step_loss:.4f}", samples_s=f"{state['samples'] / max(state['train_seconds'], 1e-9):.1f}"
+        )
 
         at_end = state["step"] >= total_steps
         end_of_epoch = state["step_in_epoch"] >= len(groups)
         if state["step"] % cfg.log_every == 0 or at_end:
             rec = {
-                "step": state["step"], "epoch": round(state["epoch"] + state["step_in_epoch"] / len(groups), 4),
-                "split": "train", "loss": window_loss / window_n, "lr": scheduler.get_last_lr()[0],
+                "step": state["step"],
+                "epoch": round(state["epoch"] + state["step_in_epoch"] / len(groups), 4),
+                "split": "train",
+                "loss": window_loss / window_n,
+                "lr": scheduler.get_last_lr()[0],
                 "samples_per_s": window_n and n_group * window_n / (time.perf_counter() - t_window),
             }
             _atomic.append_jsonl(metrics_path, rec)
@@ -309,6 +372,8 @@ def _train_in(
             metrics = evaluate()
             evaluated = True
             _atomic.append_jsonl(metrics_path, {"step": state["step"], "split": "validation", **metrics})
+            for cb in callbacks:
+                cb.on_evaluate(state["step"], metrics)
             value = metrics[main_metric]
             if _is_better(value, state["best"], mode):
                 state.update(best=value, best_step=state["step"], bad_evals=0)
@@ -318,23 +383,33 @@ def _train_in(
                 state["bad_evals"] += 1
             patience = cfg.early_stopping.patience
             if patience is not None and state["bad_evals"] >= patience:
-                log.info("early stopping at step %d: no %s improvement in %d evaluations",
-                         state["step"], main_metric, patience)
+                log.info(
+                    "early stopping at step %d: no %s improvement in %d evaluations",
+                    state["step"],
+                    main_metric,
+                    patience,
+                )
                 stop = True
         if at_end or stop:
             state["done"] = True
         if evaluated or state["step"] % ckpt_every == 0 or state["done"] or interrupt.requested:
             checkpoint()
+        for cb in callbacks:
+            cb.on_step_end(state)
         if interrupt.requested:
             bar.close()
-            raise TrainingInterrupted(f"interrupted at step {state['step']}; continue with --resume {run_dir}")
+            raise TrainingInterrupted(
+                f"interrupted at step {state['step']}; continue with --resume {run_dir}"
+            )
         if end_of_epoch:
             state["epoch"] += 1
             state["step_in_epoch"] = 0
     bar.close()
 
     # 5. Final: best model on validation (and test), predictions, plots, summary, manifest.
-    return _finish(run_dir, recipe, task, splits, tokenizer, state, precision, device, tokenize_s, main_metric)
+    return _finish(
+        run_dir, recipe, task, splits, tokenizer, state, precision, device, tokenize_s, main_metric
+    )
 
 
 class _null:
@@ -360,7 +435,9 @@ def _finish(
     from transformers import AutoModelForSequenceClassification
 
     cfg = recipe.train
-    best = AutoModelForSequenceClassification.from_pretrained(run_dir / "model", local_files_only=True).to(device)
+    best = AutoModelForSequenceClassification.from_pretrained(run_dir / "model", local_files_only=True).to(
+        device
+    )
     pad_id = pad_id_of(tokenizer)
     results: dict[str, dict[str, float]] = {}
     t0 = time.perf_counter()
@@ -373,13 +450,19 @@ def _finish(
             results[name] = task.metrics(logits, split.targets)
         if name == "validation":
             valid_logits = logits
-        _write_csv(run_dir / "predictions" / f"{name}.csv", _prediction_frame(task, split, logits, recipe.data.id))
+        _write_csv(
+            run_dir / "predictions" / f"{name}.csv", _prediction_frame(task, split, logits, recipe.data.id)
+        )
     predict_s = time.perf_counter() - t0
 
     history = read_history(run_dir / "metrics.jsonl")
     plots = run_dir / "plots"
     plot_loss(history, plots / "loss.png")
-    names = [n for n in ("accuracy", "precision_macro", "recall_macro", "f1_macro") if n in results.get("validation", {})]
+    names = [
+        n
+        for n in ("accuracy", "precision_macro", "recall_macro", "f1_macro")
+        if n in results.get("validation", {})
+    ]
     plot_metrics(history, names or [main_metric], plots / "metrics.png")
     task.plots(plots, valid_logits, splits["validation"].targets)
 
