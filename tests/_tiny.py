@@ -185,9 +185,7 @@ def _config(family: str, tok: PreTrainedTokenizerBase, num_labels: int) -> PreTr
         # RoBERTa position ids start at pad_token_id + 1 = 2, so 512 tokens need 514 position rows (as in
         # roberta-base). type_vocab_size=1: the tokenizer emits no token_type_ids.
         common["max_position_embeddings"] = _MODEL_MAX_LENGTH + tok.pad_token_id + 1
-        return RobertaConfig(
-            **common, type_vocab_size=1, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id
-        )
+        return RobertaConfig(**common, type_vocab_size=1, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     if family == "deberta-v2":
         # deberta-v3-base settings, shrunk: disentangled relative attention with log buckets, no absolute
         # positions and no token-type embeddings (the tokenizer still emits token_type_ids; they're ignored).
@@ -209,9 +207,7 @@ def _config(family: str, tok: PreTrainedTokenizerBase, num_labels: int) -> PreTr
 # ------------------------------------------------------------------------------------------------- public
 
 
-def make_tiny_model_dir(
-    path: str | os.PathLike[str], family: str = "bert", num_labels: int = 4
-) -> pathlib.Path:
+def make_tiny_model_dir(path: str | os.PathLike[str], family: str = "bert", num_labels: int = 4) -> pathlib.Path:
     """Write a tiny random ``family`` encoder checkpoint (config, safetensors, fast tokenizer) to ``path``.
 
     The weights are saved as the *base* model (``BertModel``, ``RobertaModel``, ``DebertaV2Model``,

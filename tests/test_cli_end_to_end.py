@@ -34,9 +34,7 @@ def test_check_reports_counts_and_truncation(recipe_factory, capsys):
 
 
 def test_train_evaluate_predict(recipe_factory, news, tmp_path, capsys):
-    recipe = recipe_factory(
-        data={"validation": str(news["valid"]), "test": str(news["test"])}, train={"epochs": 3}
-    )
+    recipe = recipe_factory(data={"validation": str(news["valid"]), "test": str(news["test"])}, train={"epochs": 3})
     run = tmp_path / "run"
     assert main(["train", str(recipe), "--out", str(run)]) == 0
     out = capsys.readouterr().out
@@ -90,9 +88,7 @@ def test_train_evaluate_predict(recipe_factory, news, tmp_path, capsys):
     assert (sub["label"] == test["label"]).mean() >= 0.6
 
     proba_path = tmp_path / "proba.csv"
-    assert (
-        main(["predict", str(run), "--input", str(news["test"]), "--output", str(proba_path), "--proba"]) == 0
-    )
+    assert main(["predict", str(run), "--input", str(news["test"]), "--output", str(proba_path), "--proba"]) == 0
     proba = pd.read_csv(proba_path)
     assert proba.columns.tolist() == ["id", "Business", "Sci/Tech", "Sports", "World"]
     assert proba.iloc[:, 1:].sum(axis=1).to_numpy() == pytest.approx(1.0, abs=1e-5)

@@ -43,9 +43,7 @@ def check_recipe(recipe: Recipe) -> dict:
             "rows": len(split.df),
             "path": split.path,
             "empty_texts": int(sum(1 for t in split.texts if not t.strip())),
-            "token_length_percentiles": {
-                f"p{q}": int(np.percentile(lengths, q)) for q in (50, 90, 95, 99, 100)
-            },
+            "token_length_percentiles": {f"p{q}": int(np.percentile(lengths, q)) for q in (50, 90, 95, 99, 100)},
             "truncated": int((lengths > recipe.data.max_length).sum()),
         }
         if split.targets is not None and labels:

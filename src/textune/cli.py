@@ -14,9 +14,7 @@ from textune.errors import TextuneError
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s: %(message)s"
-    )
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s: %(message)s")
     # Offline by default: nothing may reach for the hub unless a recipe allows it.
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -78,9 +76,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     metrics = predictor.evaluate(df, source=args.input)
     for k, v in metrics.items():
         print(f"{k}: {v:.4f}")
-    out = (
-        Path(args.output) if args.output else Path(args.run) / "evaluations" / f"{Path(args.input).stem}.json"
-    )
+    out = Path(args.output) if args.output else Path(args.run) / "evaluations" / f"{Path(args.input).stem}.json"
     _atomic.write_json(out, {"input": str(Path(args.input).resolve()), "rows": len(df), "metrics": metrics})
     print(f"metrics written to {out}")
     return 0

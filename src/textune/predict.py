@@ -76,9 +76,7 @@ class Predictor:
         verify_run_dir(run_dir)
         import yaml
 
-        recipe = recipe_from_dict(
-            yaml.safe_load((run_dir / "recipe.yaml").read_text()), str(run_dir / "recipe.yaml")
-        )
+        recipe = recipe_from_dict(yaml.safe_load((run_dir / "recipe.yaml").read_text()), str(run_dir / "recipe.yaml"))
         task = get_task(recipe.task)(recipe)
         task.load_state(json.loads((run_dir / "labels.json").read_text()))
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -144,7 +142,5 @@ class Predictor:
 
 def classify(run_or_predictor: str | Path | Predictor, text: str) -> Any:
     """The predicted label of one text: ``textune.classify("runs/NAME", "Wall St. Bears Claw Back")``."""
-    predictor = (
-        run_or_predictor if isinstance(run_or_predictor, Predictor) else Predictor.load(run_or_predictor)
-    )
+    predictor = run_or_predictor if isinstance(run_or_predictor, Predictor) else Predictor.load(run_or_predictor)
     return predictor.predict([text])[0]

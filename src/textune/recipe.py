@@ -32,27 +32,15 @@ class _Section(BaseModel):
 
 class DataConfig(_Section):
     train: str | None = Field(None, description="Training file (CSV, TSV, JSONL or Parquet).")
-    validation: str | None = Field(
-        None, description="Validation file; if empty, a seeded stratified split of train."
-    )
-    test: str | None = Field(
-        None, description="Optional test file, evaluated (if labelled) and predicted at the end."
-    )
-    valid_fraction: float = Field(
-        0.1, gt=0, lt=1, description="Share of train held out when no validation file."
-    )
-    text: str = Field(
-        "text", description="Text column, or a template joining columns, e.g. '{title}. {body}'."
-    )
+    validation: str | None = Field(None, description="Validation file; if empty, a seeded stratified split of train.")
+    test: str | None = Field(None, description="Optional test file, evaluated (if labelled) and predicted at the end.")
+    valid_fraction: float = Field(0.1, gt=0, lt=1, description="Share of train held out when no validation file.")
+    text: str = Field("text", description="Text column, or a template joining columns, e.g. '{title}. {body}'.")
     label: str = Field("label", description="Label column.")
     id: str | None = Field(None, description="Id column written to submissions (row number if absent).")
-    labels: list[str] | None = Field(
-        None, description="Label order; default: sorted label values from train."
-    )
+    labels: list[str] | None = Field(None, description="Label order; default: sorted label values from train.")
     max_length: int = Field(128, ge=8, le=8192, description="Tokens per text; longer texts are truncated.")
-    max_rows: int | None = Field(
-        None, ge=1, description="Use only the first N rows of train (quick experiments)."
-    )
+    max_rows: int | None = Field(None, ge=1, description="Use only the first N rows of train (quick experiments).")
 
 
 class ModelConfig(_Section):
@@ -60,27 +48,15 @@ class ModelConfig(_Section):
         "bundled:minilm",
         description="'bundled:minilm', a local Hugging Face model directory, or a hub id (needs the local cache).",
     )
-    allow_network: bool = Field(
-        False, description="Let a hub id be downloaded when it is not in the local cache."
-    )
-    dropout: float | None = Field(
-        None, ge=0, lt=1, description="Override the model's hidden/attention dropout."
-    )
-    trust_remote_code: bool = Field(
-        False, description="Run code shipped with a hub model (off: it is code execution)."
-    )
+    allow_network: bool = Field(False, description="Let a hub id be downloaded when it is not in the local cache.")
+    dropout: float | None = Field(None, ge=0, lt=1, description="Override the model's hidden/attention dropout.")
+    trust_remote_code: bool = Field(False, description="Run code shipped with a hub model (off: it is code execution).")
 
 
 class EarlyStopping(_Section):
-    metric: str | None = Field(
-        None, description="Validation metric to watch; default: the task's main metric."
-    )
-    mode: Literal["max", "min"] | None = Field(
-        None, description="'max' or 'min'; default: the metric's direction."
-    )
-    patience: int | None = Field(
-        None, ge=1, description="Stop after this many evaluations without improvement."
-    )
+    metric: str | None = Field(None, description="Validation metric to watch; default: the task's main metric.")
+    mode: Literal["max", "min"] | None = Field(None, description="'max' or 'min'; default: the metric's direction.")
+    patience: int | None = Field(None, ge=1, description="Stop after this many evaluations without improvement.")
 
 
 class TrainConfig(_Section):
@@ -90,15 +66,9 @@ class TrainConfig(_Section):
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     eval_batch_size: int = Field(128, ge=1, description="Batch size for evaluation and prediction.")
     lr: float = Field(5e-5, gt=0, description="Peak learning rate (AdamW).")
-    weight_decay: float = Field(
-        0.01, ge=0, description="AdamW weight decay (not applied to biases and norms)."
-    )
-    scheduler: Literal["linear", "cosine", "constant"] = Field(
-        "linear", description="Learning-rate schedule."
-    )
-    warmup_ratio: float = Field(
-        0.06, ge=0, lt=1, description="Share of steps spent warming up the learning rate."
-    )
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (not applied to biases and norms).")
+    scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="Learning-rate schedule.")
+    warmup_ratio: float = Field(0.06, ge=0, lt=1, description="Share of steps spent warming up the learning rate.")
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping norm; null turns it off.")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="Cross-entropy label smoothing.")
     class_weights: Literal["none", "balanced"] | list[float] = Field(
@@ -110,9 +80,7 @@ class TrainConfig(_Section):
     )
     seed: int = Field(42, description="Seed for splits, initialisation, batch order and dropout.")
     group_by_length: bool = Field(True, description="Batch texts of similar length together (less padding).")
-    eval_every: int | None = Field(
-        None, ge=1, description="Evaluate every N optimizer steps; default once an epoch."
-    )
+    eval_every: int | None = Field(None, ge=1, description="Evaluate every N optimizer steps; default once an epoch.")
     checkpoint_every: int | None = Field(
         None, ge=1, description="Write a resumable checkpoint every N steps; default at every evaluation."
     )
@@ -129,12 +97,8 @@ class OutputConfig(_Section):
 
 class Recipe(_Section):
     task: str = Field("classification", description="Task kind: " + ", ".join(TASKS) + ".")
-    data: DataConfig = Field(
-        default_factory=DataConfig, description="Where the data is and which columns to use."
-    )
-    model: ModelConfig = Field(
-        default_factory=ModelConfig, description="Which pretrained encoder to fine-tune."
-    )
+    data: DataConfig = Field(default_factory=DataConfig, description="Where the data is and which columns to use.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Which pretrained encoder to fine-tune.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Optimisation settings.")
     output: OutputConfig = Field(default_factory=OutputConfig, description="Where runs go.")
     # The recipe file's stem, used to name run directories; not part of the saved recipe.
@@ -241,9 +205,7 @@ def _resolve_paths(recipe: Recipe, base: Path) -> None:
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise TextuneError(
-            f"{path}: recipe file not found; create one with 'textune init classification > {path}'"
-        )
+        raise TextuneError(f"{path}: recipe file not found; create one with 'textune init classification > {path}'")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
@@ -309,9 +271,7 @@ def _annotated(model: BaseModel, indent: int = 0) -> list[str]:
 def init_template(task: str) -> str:
     """An annotated starter recipe for ``task`` (``textune init``)."""
     if task not in TASKS:
-        raise TextuneError(
-            f"unknown task '{task}'{did_you_mean(task, TASKS)}; choose one of {', '.join(TASKS)}"
-        )
+        raise TextuneError(f"unknown task '{task}'{did_you_mean(task, TASKS)}; choose one of {', '.join(TASKS)}")
     recipe = Recipe(task=task)
     recipe.data.train = "train.csv"
     header = [

@@ -88,9 +88,7 @@ def checksums(run_dir: Path) -> dict[str, str]:
 
 def _git_commit() -> str | None:
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path.cwd()
-        )
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path.cwd())
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
@@ -152,9 +150,7 @@ def verify_run_dir(run_dir: str | Path) -> dict:
     try:
         manifest = json.loads((run_dir / "manifest.json").read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise TextuneError(
-            f"{run_dir}/manifest.json: not valid JSON; the run directory is corrupted"
-        ) from None
+        raise TextuneError(f"{run_dir}/manifest.json: not valid JSON; the run directory is corrupted") from None
     fmt = manifest.get("format")
     if not isinstance(fmt, int) or fmt > RUN_FORMAT:
         raise TextuneError(
@@ -164,9 +160,7 @@ def verify_run_dir(run_dir: str | Path) -> dict:
     for rel, digest in recorded.items():
         p = run_dir / rel
         if not p.is_file():
-            raise TextuneError(
-                f"{run_dir}: {rel} is listed in manifest.json but missing; the run is incomplete"
-            )
+            raise TextuneError(f"{run_dir}: {rel} is listed in manifest.json but missing; the run is incomplete")
         if _sha256(p) != digest:
             raise TextuneError(f"{run_dir}: checksum mismatch for {rel}; the file was altered or corrupted")
     return manifest

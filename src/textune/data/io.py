@@ -61,9 +61,7 @@ def read_table(path: str | Path, *, allow_pickle: bool = False) -> pd.DataFrame:
             f"{path}: pickle files can run arbitrary code when loaded, so textune does not read them{hint}"
         )
     if not path.is_file():
-        raise TextuneError(
-            f"{path}: file not found; check the path (relative paths are read from the recipe's folder)"
-        )
+        raise TextuneError(f"{path}: file not found; check the path (relative paths are read from the recipe's folder)")
     if path.stat().st_size == 0:
         raise TextuneError(f"{path}: file is empty; it needs a header row and at least one data row")
     fmt = FORMATS.get(suffix)
@@ -95,13 +93,9 @@ def read_table(path: str | Path, *, allow_pickle: bool = False) -> pd.DataFrame:
         raise
     except (pd.errors.ParserError, ValueError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TextuneError(
-            f"{path}: cannot be parsed as {fmt} ({first}); check quoting and delimiters"
-        ) from None
+        raise TextuneError(f"{path}: cannot be parsed as {fmt} ({first}); check quoting and delimiters") from None
     except Exception as exc:  # pyarrow and friends raise their own types for corrupt files
-        raise TextuneError(
-            f"{path}: cannot be read as {fmt} ({type(exc).__name__}); is the file corrupted?"
-        ) from None
+        raise TextuneError(f"{path}: cannot be read as {fmt} ({type(exc).__name__}); is the file corrupted?") from None
     if len(df.columns) == 0:
         raise TextuneError(f"{path}: no columns found; the first row must be a header")
     if len(df) == 0:
@@ -135,6 +129,4 @@ def render_texts(df: pd.DataFrame, template: str, path: str | Path, key: str = "
     try:
         return [template.format(**row) for row in frame.to_dict("records")]
     except (ValueError, IndexError, KeyError) as exc:
-        raise TextuneError(
-            f"{key}: template {template!r} is malformed ({exc}); use '{{column}}' fields"
-        ) from None
+        raise TextuneError(f"{key}: template {template!r} is malformed ({exc}); use '{{column}}' fields") from None

@@ -29,9 +29,7 @@ def resolve_model_path(name: str) -> str:
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
-            raise TextuneError(
-                f"model.name: {path} has no config.json; point it at a Hugging Face model directory"
-            )
+            raise TextuneError(f"model.name: {path} has no config.json; point it at a Hugging Face model directory")
         return str(path)
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise TextuneError(f"model.name: directory {name} not found")
@@ -47,9 +45,7 @@ def _load(loader, name: str, allow_network: bool, what: str, **kwargs):
         return loader(name, **_hub_kwargs(name, allow_network), **kwargs)
     except OSError as exc:
         if Path(name).exists():
-            raise TextuneError(
-                f"model.name: cannot load the {what} from {name} ({str(exc).splitlines()[0]})"
-            ) from None
+            raise TextuneError(f"model.name: cannot load the {what} from {name} ({str(exc).splitlines()[0]})") from None
         raise TextuneError(
             f"model.name: '{name}' is not a local directory and not in the Hugging Face cache; download it on a "
             f"machine with network (huggingface-cli download {name} --local-dir DIR) and set model.name: DIR, "

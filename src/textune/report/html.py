@@ -11,9 +11,7 @@ from textune import _atomic
 
 
 def _table(rows: dict[str, object]) -> str:
-    cells = "".join(
-        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in rows.items()
-    )
+    cells = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in rows.items())
     return f"<table>{cells}</table>"
 
 
@@ -37,9 +35,7 @@ def write_report(run_dir: str | Path) -> Path:
         if summary.get(split):
             parts += [f"<h2>{split.title()} metrics</h2>", _table(summary[split])]
     timing = {
-        k: v
-        for k, v in summary.items()
-        if k.endswith(("seconds", "per_s", "_mb")) or k in ("device", "precision")
+        k: v for k, v in summary.items() if k.endswith(("seconds", "per_s", "_mb")) or k in ("device", "precision")
     }
     parts += ["<h2>Timing and resources</h2>", _table(timing)]
     parts += ["<h2>Parameters</h2>", _table(summary.get("parameters", {}))]

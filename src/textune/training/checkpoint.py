@@ -72,9 +72,7 @@ def load_checkpoint(ckpt_dir: Path, model, optimizer, scheduler) -> dict[str, An
         weights = load_file(ckpt_dir / "model.safetensors")
         missing = set(trainable_state(model)) - set(weights)
         if missing:
-            raise TextuneError(
-                f"{ckpt_dir}: checkpoint lacks {sorted(missing)[:3]}; it belongs to another model"
-            )
+            raise TextuneError(f"{ckpt_dir}: checkpoint lacks {sorted(missing)[:3]}; it belongs to another model")
         model.load_state_dict(weights, strict=False)
         optimizer.load_state_dict(torch.load(ckpt_dir / "optimizer.pt", weights_only=True))
         scheduler.load_state_dict(torch.load(ckpt_dir / "scheduler.pt", weights_only=True))
@@ -83,7 +81,5 @@ def load_checkpoint(ckpt_dir: Path, model, optimizer, scheduler) -> dict[str, An
     except TextuneError:
         raise
     except Exception as exc:
-        raise TextuneError(
-            f"{ckpt_dir}: checkpoint is unreadable ({type(exc).__name__}); train again"
-        ) from None
+        raise TextuneError(f"{ckpt_dir}: checkpoint is unreadable ({type(exc).__name__}); train again") from None
     return state

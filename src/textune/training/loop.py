@@ -129,19 +129,12 @@ def _resolve_resume(resume: str | Path, recipe: Recipe | None) -> tuple[Path, Re
     run_dir = Path(resume)
     saved = run_dir / "recipe.yaml"
     if not saved.is_file():
-        raise TextuneError(
-            f"{run_dir}: not a textune run directory (no recipe.yaml); check the --resume path"
-        )
+        raise TextuneError(f"{run_dir}: not a textune run directory (no recipe.yaml); check the --resume path")
     resumed = recipe_from_dict(yaml.safe_load(saved.read_text()), str(saved))
     if recipe is not None and recipe.train != resumed.train:
         log.warning("--resume: continuing with the recipe saved in %s (the given recipe differs)", run_dir)
-    if (
-        not (run_dir / "checkpoints" / "last").exists()
-        and not (run_dir / "checkpoints" / "last.old").exists()
-    ):
-        raise TextuneError(
-            f"{run_dir}: no checkpoint to resume from yet; start the run again without --resume"
-        )
+    if not (run_dir / "checkpoints" / "last").exists() and not (run_dir / "checkpoints" / "last.old").exists():
+        raise TextuneError(f"{run_dir}: no checkpoint to resume from yet; start the run again without --resume")
     return run_dir, resumed
 
 
@@ -196,9 +189,7 @@ def train(
     if resume is None:
         run_dir = Path(out) if out else new_run_dir(recipe.output.dir, recipe.output.name, recipe._stem)
         if run_dir.exists() and any(run_dir.iterdir()):
-            raise TextuneError(
-                f"{run_dir}: run directory is not empty; pick another --out or use --resume {run_dir}"
-            )
+            raise TextuneError(f"{run_dir}: run directory is not empty; pick another --out or use --resume {run_dir}")
 
     with RunLock(run_dir), _Interrupt() as interrupt:
         return _train_in(
@@ -285,9 +276,7 @@ def _train_in(
         logits = infer_logits(model, valid_split.encoded, cfg.eval_batch_size, device, pad_id, precision)
         metrics = task.metrics(logits, valid_split.targets)
         with torch.no_grad():
-            metrics["loss"] = float(
-                task.loss(torch.from_numpy(logits), torch.from_numpy(valid_split.targets))
-            )
+            metrics["loss"] = float(task.loss(torch.from_numpy(logits), torch.from_numpy(valid_split.targets)))
         return metrics
 
     def checkpoint() -> None:
@@ -318,10 +307,7 @@ def _train_in(
         n_group = sum(len(mb) for mb in group)
         step_loss = 0.0
         for j, mb in enumerate(group):
-            batch = {
-                k: v.to(device, non_blocking=True)
-                for k, v in collate(train_split.encoded, mb, pad_id).items()
-            }
+            batch = {k: v.to(device, non_blocking=True) for k, v in collate(train_split.encoded, mb, pad_id).items()}
             targets = torch.from_numpy(train_split.targets[mb]).to(device)
             # no_sync: under several processes, gradients are all-reduced once per step, not per micro-batch
             sync = j == len(group) - 1
@@ -398,18 +384,14 @@ def _train_in(
             cb.on_step_end(state)
         if interrupt.requested:
             bar.close()
-            raise TrainingInterrupted(
-                f"interrupted at step {state['step']}; continue with --resume {run_dir}"
-            )
+            raise TrainingInterrupted(f"interrupted at step {state['step']}; continue with --resume {run_dir}")
         if end_of_epoch:
             state["epoch"] += 1
             state["step_in_epoch"] = 0
     bar.close()
 
     # 5. Final: best model on validation (and test), predictions, plots, summary, manifest.
-    return _finish(
-        run_dir, recipe, task, splits, tokenizer, state, precision, device, tokenize_s, main_metric
-    )
+    return _finish(run_dir, recipe, task, splits, tokenizer, state, precision, device, tokenize_s, main_metric)
 
 
 class _null:
@@ -435,9 +417,7 @@ def _finish(
     from transformers import AutoModelForSequenceClassification
 
     cfg = recipe.train
-    best = AutoModelForSequenceClassification.from_pretrained(run_dir / "model", local_files_only=True).to(
-        device
-    )
+    best = AutoModelForSequenceClassification.from_pretrained(run_dir / "model", local_files_only=True).to(device)
     pad_id = pad_id_of(tokenizer)
     results: dict[str, dict[str, float]] = {}
     t0 = time.perf_counter()
@@ -450,18 +430,14 @@ def _finish(
             results[name] = task.metrics(logits, split.targets)
         if name == "validation":
             valid_logits = logits
-        _write_csv(
-            run_dir / "predictions" / f"{name}.csv", _prediction_frame(task, split, logits, recipe.data.id)
-        )
+        _write_csv(run_dir / "predictions" / f"{name}.csv", _prediction_frame(task, split, logits, recipe.data.id))
     predict_s = time.perf_counter() - t0
 
     history = read_history(run_dir / "metrics.jsonl")
     plots = run_dir / "plots"
     plot_loss(history, plots / "loss.png")
     names = [
-        n
-        for n in ("accuracy", "precision_macro", "recall_macro", "f1_macro")
-        if n in results.get("validation", {})
+        n for n in ("accuracy", "precision_macro", "recall_macro", "f1_macro") if n in results.get("validation", {})
     ]
     plot_metrics(history, names or [main_metric], plots / "metrics.png")
     task.plots(plots, valid_logits, splits["validation"].targets)

@@ -28,9 +28,7 @@ def resolve_precision(requested: str, device: torch.device) -> str:
 
 def configure_threads(num_threads: int | None) -> int:
     if num_threads is None:
-        num_threads = (
-            len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        )
+        num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     n = num_threads
     torch.set_num_threads(max(1, n))
     return torch.get_num_threads()
