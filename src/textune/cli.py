@@ -15,6 +15,7 @@ from textune.errors import TextuneError
 
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    logging.getLogger("textune").setLevel(logging.INFO)  # textune's own notes (chosen rank, resume point)
     # Offline by default: nothing may reach for the hub unless a recipe allows it.
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -94,6 +95,60 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_params(args: argparse.Namespace) -> int:
+    from textune.params import format_parameter_report, parameter_report
+    from textune.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.set)
+    print(format_parameter_report(parameter_report(recipe, args.num_labels)))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from textune.export import export_run
+
+    out = export_run(args.run, args.out, merge=args.merge)
+    print(f"exported {'merged model' if args.merge else 'adapter'} to {out}")
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    import optuna
+
+    from textune.tune import tune
+
+    if not args.verbose:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # textune prints one line per trial instead
+    result = tune(
+        args.recipe,
+        args.set,
+        trials=args.trials,
+        timeout=args.timeout,
+        storage=args.storage,
+        study_name=args.study,
+        out=args.out,
+        retrain_best=args.retrain_best,
+        echo=print,
+    )
+    print("trials: " + ", ".join(f"{n} {state}" for state, n in sorted(result.counts.items())))
+    if result.best_value is not None:
+        params = ", ".join(f"{k}={v}" for k, v in result.best_params.items())
+        print(f"best: {result.metric} {result.best_value:.4f} ({params})")
+        print(f"best recipe: {result.best_recipe}")
+    print(f"study directory: {result.study_dir} (storage {result.storage})")
+    if result.retrained:
+        print(f"retrained best recipe: {result.retrained}")
+    return 0
+
+
+def _allow_pickle_arg(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="read .pkl data files (unpickling runs any code the file contains: only for files you trust)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from textune import __version__
 
@@ -118,18 +173,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("check", help="validate a recipe and its data without training")
     recipe_args(s)
+    _allow_pickle_arg(s)
     s.set_defaults(func=cmd_check)
 
     s = sub.add_parser("train", help="fine-tune and write a run directory")
     recipe_args(s, required=False)
     s.add_argument("--out", help="run directory (default: output.dir/<recipe>-<time>)")
     s.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    _allow_pickle_arg(s)
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("evaluate", help="metrics of a trained run on a labelled file")
     s.add_argument("run", help="run directory")
     s.add_argument("--input", required=True, help="labelled CSV/TSV/JSONL/Parquet")
     s.add_argument("--output", help="metrics JSON (default: RUN/evaluations/<input>.json)")
+    _allow_pickle_arg(s)
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("predict", help="write predictions for a file, keyed by the id column")
@@ -137,7 +195,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--input", required=True, help="CSV/TSV/JSONL/Parquet with the run's text columns")
     s.add_argument("--output", required=True, help="submission CSV")
     s.add_argument("--proba", action="store_true", help="one probability column per class")
+    _allow_pickle_arg(s)
     s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("tune", help="hyperparameter search over the recipe's tune.space (Optuna)")
+    recipe_args(s)
+    s.add_argument("--trials", type=int, help="trials in the study over all sessions and workers (tune.trials)")
+    s.add_argument("--timeout", help="time budget of this session, e.g. 2h, 30m, 900 (tune.timeout)")
+    s.add_argument("--storage", help="Optuna storage URL shared by workers, e.g. postgresql://user@host/db")
+    s.add_argument("--study", help="study name in the storage (default: the recipe's file name)")
+    s.add_argument("--out", help="study directory (default: output.dir/tune-<study>)")
+    s.add_argument("--retrain-best", action="store_true", help="then train the best recipe (tune.retrain)")
+    s.set_defaults(func=cmd_tune)
+
+    s = sub.add_parser("params", help="parameter counts from the model config alone (no data, no weights)")
+    recipe_args(s)
+    s.add_argument("--num-labels", type=int, help="head size when the recipe lists no data.labels (default 2)")
+    s.set_defaults(func=cmd_params)
+
+    s = sub.add_parser("export", help="write a run's model as a standalone Hugging Face directory")
+    s.add_argument("run", help="run directory")
+    s.add_argument("--out", required=True, help="output directory")
+    s.add_argument("--merge", action=argparse.BooleanOptionalAction, default=True,
+                   help="merge LoRA adapters into the base weights (default), or --no-merge for the adapter alone")
+    s.set_defaults(func=cmd_export)
     return p
 
 
@@ -145,8 +226,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
+    from textune.data.io import pickle_allowed
+
     try:
-        return args.func(args)
+        with pickle_allowed(getattr(args, "allow_pickle", False)):
+            return args.func(args)
     except TextuneError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

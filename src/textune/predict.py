@@ -56,6 +56,23 @@ def pad_id_of(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
+def _read_meta(path: Path) -> tuple[dict, dict, Path]:
+    """(recipe, task state, model directory) of a run directory or an exported one."""
+    import yaml
+
+    from textune.export import META
+
+    if (path / META).is_file() and not (path / "manifest.json").is_file():
+        try:
+            meta = json.loads((path / META).read_text())
+            return meta["recipe"], meta["labels"], path
+        except (json.JSONDecodeError, KeyError, UnicodeDecodeError):
+            raise TextuneError(f"{path}/{META}: unreadable; export the run again") from None
+    verify_run_dir(path)
+    recipe = yaml.safe_load((path / "recipe.yaml").read_text())
+    return recipe, json.loads((path / "labels.json").read_text()), path / "model"
+
+
 class Predictor:
     """A trained run, ready to predict. ``Predictor.load("runs/NAME").predict(["some text"])``."""
 
@@ -65,7 +82,7 @@ class Predictor:
 
     @classmethod
     def load(cls, run_dir: str | Path, device: str | None = None) -> Predictor:
-        """Loads ``run_dir`` after verifying its manifest checksums.
+        """Loads a run directory (after verifying its manifest checksums) or a ``textune export`` directory.
 
         Raises:
             TextuneError: the directory is missing, incomplete, from a newer textune or altered.
@@ -73,18 +90,21 @@ class Predictor:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         run_dir = Path(run_dir)
-        verify_run_dir(run_dir)
-        import yaml
-
-        recipe = recipe_from_dict(yaml.safe_load((run_dir / "recipe.yaml").read_text()), str(run_dir / "recipe.yaml"))
+        recipe_raw, labels, model_dir = _read_meta(run_dir)
+        recipe = recipe_from_dict(recipe_raw, str(run_dir / "recipe.yaml"))
         task = get_task(recipe.task)(recipe)
-        task.load_state(json.loads((run_dir / "labels.json").read_text()))
+        task.load_state(labels)
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        tokenizer = AutoTokenizer.from_pretrained(run_dir / "model", local_files_only=True)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            run_dir / "model", local_files_only=True, trust_remote_code=recipe.model.trust_remote_code
-        ).to(dev)
-        model.eval()
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        if (model_dir / "adapter_config.json").is_file():
+            from textune.models.build import merge_adapter
+
+            model = merge_adapter(model_dir, recipe, task.model_kwargs())
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                model_dir, local_files_only=True, trust_remote_code=recipe.model.trust_remote_code
+            )
+        model.to(dev).eval()
         return cls(run_dir, recipe, task, model, tokenizer, dev)
 
     # -- inputs ----------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ Each field carries a one-line description; ``textune init`` prints them as comme
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,6 +42,20 @@ class DataConfig(_Section):
     labels: list[str] | None = Field(None, description="Label order; default: sorted label values from train.")
     max_length: int = Field(128, ge=8, le=8192, description="Tokens per text; longer texts are truncated.")
     max_rows: int | None = Field(None, ge=1, description="Use only the first N rows of train (quick experiments).")
+    warn_unstratified: bool = Field(True, description="Warn when a class is too small to stratify the split.")
+
+
+class PeftConfig(_Section):
+    method: Literal["none", "lora"] = Field("none", description="'none' (full fine-tuning) or 'lora' (PEFT adapters).")
+    r: int = Field(8, ge=1, description="LoRA rank (ignored when budget is set: the largest fitting rank is used).")
+    alpha: float = Field(16, gt=0, description="LoRA alpha; with a budget, alpha/r is kept as configured here.")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout on the LoRA branch.")
+    bias: Literal["none", "all", "lora_only"] = Field("none", description="Which biases train.")
+    target_modules: str | list[str] = Field(
+        "attention", description="'attention' (query, value), 'all-linear', or module names like [query, value]."
+    )
+    train_head: bool = Field(True, description="Keep the task head fully trainable (PEFT modules_to_save).")
+    budget: int | None = Field(None, ge=1, description="Trainable-parameter budget: pick the largest rank that fits.")
 
 
 class ModelConfig(_Section):
@@ -51,6 +66,7 @@ class ModelConfig(_Section):
     allow_network: bool = Field(False, description="Let a hub id be downloaded when it is not in the local cache.")
     dropout: float | None = Field(None, ge=0, lt=1, description="Override the model's hidden/attention dropout.")
     trust_remote_code: bool = Field(False, description="Run code shipped with a hub model (off: it is code execution).")
+    peft: PeftConfig = Field(default_factory=PeftConfig, description="Parameter-efficient fine-tuning (LoRA).")
 
 
 class EarlyStopping(_Section):
@@ -95,12 +111,125 @@ class OutputConfig(_Section):
     name: str | None = Field(None, description="Run directory name; default: recipe name + timestamp.")
 
 
+_SPEC_KINDS = ("float", "int", "categorical")
+
+
+def _tunable_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Every dotted leaf key of the recipe (``train.lr``, ``model.peft.r``), for search-space validation."""
+    keys: list[str] = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        # Optional sections (``X | None``) are walked like plain ones.
+        section = next(
+            (a for a in (ann, *getattr(ann, "__args__", ())) if isinstance(a, type) and issubclass(a, BaseModel)),
+            None,
+        )
+        keys += _tunable_keys(section, f"{prefix}{name}.") if section else [f"{prefix}{name}"]
+    return keys
+
+
+# YAML 1.1 (PyYAML) reads 1e-5 as a string; learning rates are written that way, so such strings become floats.
+_SCI = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
+def _number(v: Any) -> Any:
+    return float(v) if isinstance(v, str) and _SCI.match(v.strip()) else v
+
+
+def _check_spec(key: str, spec: Any) -> dict[str, Any]:
+    """Validates one search-space entry and returns it with scientific-notation strings read as numbers."""
+    where = f"'{key}'"
+    example = "e.g. {float: [1e-5, 1e-3], log: true}, {int: [1, 16]} or {categorical: [16, 32]}"
+    if not isinstance(spec, dict) or sum(k in spec for k in _SPEC_KINDS) != 1:
+        raise ValueError(f"{where}: give exactly one of float, int, categorical, {example}")
+    kind = next(k for k in _SPEC_KINDS if k in spec)
+    spec = {k: [_number(x) for x in v] if isinstance(v, list) else _number(v) for k, v in spec.items()}
+    allowed = {"categorical": {"categorical"}, "float": {"float", "log", "step"}, "int": {"int", "log", "step"}}[kind]
+    extra = sorted(set(spec) - allowed)
+    if extra:
+        raise ValueError(f"{where}: unknown option '{extra[0]}'{did_you_mean(extra[0], allowed)} for a {kind} range")
+    values = spec[kind]
+    if kind == "categorical":
+        if not isinstance(values, list) or not values or any(isinstance(v, (dict, list)) for v in values):
+            raise ValueError(f"{where}: categorical takes a non-empty list of plain values, e.g. [16, 32]")
+        return spec
+    number = int if kind == "int" else (int, float)
+    if (
+        not isinstance(values, list)
+        or len(values) != 2
+        or not all(isinstance(v, number) and not isinstance(v, bool) for v in values)
+        or values[0] > values[1]
+    ):
+        raise ValueError(f"{where}: {kind} takes [low, high] with low <= high, e.g. {{{kind}: [1, 16]}}")
+    log, step = bool(spec.get("log", False)), spec.get("step")
+    if log and values[0] <= 0:
+        raise ValueError(f"{where}: a log range needs low > 0")
+    if log and step is not None:
+        raise ValueError(f"{where}: use either log or step, not both")
+    if step is not None and (not isinstance(step, number) or isinstance(step, bool) or step <= 0):
+        raise ValueError(f"{where}: step must be a positive {'integer' if kind == 'int' else 'number'}")
+    return spec
+
+
+class TuneConfig(_Section):
+    metric: str | None = Field(None, description="Validation metric to optimise; default: the task's main metric.")
+    direction: Literal["maximize", "minimize"] | None = Field(
+        None, description="'maximize' or 'minimize'; default: the metric's direction."
+    )
+    trials: int = Field(20, ge=1, description="Trials in the study, counted over all sessions and workers.")
+    timeout: str | float | None = Field(None, description="Time budget of one session, e.g. '2h', '30m', 900 (s).")
+    sampler: Literal["tpe", "random", "grid"] = Field("tpe", description="'tpe', 'random' or 'grid'.")
+    pruner: Literal["median", "hyperband", "none"] = Field("median", description="Stops unpromising trials early.")
+    prune_after: int = Field(3, ge=0, description="Finished trials before the median pruner starts pruning.")
+    seed: int | None = Field(None, description="Sampler seed (leave empty when several workers share a study).")
+    retrain: Literal["train+validation", "train"] = Field(
+        "train+validation", description="What --retrain-best trains the best recipe on."
+    )
+    space: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Dotted key -> {float: [lo, hi], log: true}, {int: [lo, hi], step: 1} or {categorical: [...]}.",
+    )
+
+    @field_validator("timeout")
+    @classmethod
+    def _duration(cls, v: str | float | None) -> str | float | None:
+        if v is not None:
+            parse_duration(v)
+        return v
+
+    @field_validator("space")
+    @classmethod
+    def _space(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        known = _tunable_keys(Recipe)
+        out = {}
+        for key, spec in v.items():
+            if key not in known or key.startswith(("tune.", "output.")):
+                valid = [k for k in known if not k.startswith(("tune.", "output."))]
+                raise ValueError(f"unknown recipe key '{key}'{did_you_mean(key, valid)}; tune a key like train.lr")
+            out[key] = _check_spec(key, spec)
+        return out
+
+
+def parse_duration(value: str | float | int) -> float:
+    """Seconds in ``'2h'``, ``'30m'``, ``'90s'``, ``'1.5h'`` or a plain number of seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    text = str(value).strip().lower()
+    try:
+        seconds = float(text[:-1]) * units[text[-1]] if text and text[-1] in units else float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise ValueError(f"time budget {value!r} is not a positive duration; write e.g. '2h', '30m' or 900")
+    return seconds
+
+
 class Recipe(_Section):
     task: str = Field("classification", description="Task kind: " + ", ".join(TASKS) + ".")
     data: DataConfig = Field(default_factory=DataConfig, description="Where the data is and which columns to use.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="Which pretrained encoder to fine-tune.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Optimisation settings.")
     output: OutputConfig = Field(default_factory=OutputConfig, description="Where runs go.")
+    tune: TuneConfig = Field(default_factory=TuneConfig, description="Hyperparameter search ('textune tune').")
     # The recipe file's stem, used to name run directories; not part of the saved recipe.
     _stem: str = PrivateAttr("run")
 

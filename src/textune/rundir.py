@@ -14,9 +14,15 @@ from pathlib import Path
 from textune import __version__, _atomic
 from textune.errors import TextuneError
 
+try:
+    import fcntl
+except ImportError:  # Windows: fall back to the pid check alone
+    fcntl = None  # type: ignore[assignment]
+
 RUN_FORMAT = 1
-# Files whose checksums the manifest records and loading verifies (plus everything under model/).
+# Files whose checksums the manifest records and loading verifies, plus every file under CHECKED_DIRS.
 CHECKED = ("recipe.yaml", "labels.json")
+CHECKED_DIRS = ("model", "adapter")
 
 
 def new_run_dir(parent: str | Path, name: str | None, stem: str) -> Path:
@@ -24,7 +30,7 @@ def new_run_dir(parent: str | Path, name: str | None, stem: str) -> Path:
     if name is None:
         name = f"{stem}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     path = parent / name
-    if path.exists() and any(path.iterdir()):
+    if path.exists() and any(not p.name.startswith(".") for p in path.iterdir()):  # dot-files: lock, temporaries
         raise TextuneError(
             f"{path}: run directory already exists; pick another --out, or continue it with --resume {path}"
         )
@@ -32,34 +38,96 @@ def new_run_dir(parent: str | Path, name: str | None, stem: str) -> Path:
 
 
 class RunLock:
-    """A lock file holding the owner's pid: a second trainer refuses, a stale lock (dead pid) is taken over."""
+    """A lock file holding the owner's pid: a second trainer refuses, a stale lock (dead pid) is taken over.
+
+    Where the OS has ``flock`` the lock is also held by the kernel, which drops it the moment its owner dies
+    (even by ``kill -9``), so there is no window in which two processes both judge a lock stale and both go
+    on. The pid in the file is for the message (and the liveness check where ``flock`` is missing).
+    """
 
     def __init__(self, run_dir: Path):
-        self.path = run_dir / ".lock"
+        self.path = Path(run_dir) / ".lock"
+        self._fd: int | None = None
+        self._made_dir = False
 
     def __enter__(self) -> RunLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        while True:
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                try:
-                    pid = int(self.path.read_text().strip() or 0)
-                except (OSError, ValueError):
-                    pid = 0
-                if pid and pid != os.getpid() and _alive(pid):
-                    raise TextuneError(
-                        f"{self.path.parent}: another textune process (pid {pid}) is training into this run "
-                        f"directory; wait for it or use another --out"
-                    ) from None
-                self.path.unlink(missing_ok=True)  # stale: its owner is gone
-                continue
-            with os.fdopen(fd, "w") as f:
-                f.write(str(os.getpid()))
-            return self
+        run_dir = self.path.parent
+        self._made_dir = not run_dir.exists()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._fd = _acquire_flock(self.path) if fcntl is not None else _acquire_pidfile(self.path)
+        except BaseException:
+            self._remove_dir_if_made()
+            raise
+        return self
 
     def __exit__(self, *exc) -> None:
+        # Unlink before unlocking: a process that opened the old file while we held it re-checks the inode
+        # after locking (see _acquire_flock) and starts over on the new path.
         self.path.unlink(missing_ok=True)
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self._remove_dir_if_made()
+
+    def _remove_dir_if_made(self) -> None:
+        """Leaves no empty run directory behind when the run failed before writing anything."""
+        run_dir = self.path.parent
+        if self._made_dir:
+            try:
+                run_dir.rmdir()  # only succeeds when empty
+            except OSError:
+                pass
+
+
+def _refuse(lock: Path, pid: int) -> TextuneError:
+    return TextuneError(
+        f"{lock.parent}: another textune process (pid {pid}) is training into this run directory; wait for it "
+        f"to finish or use another --out"
+    )
+
+
+def _read_pid(lock: Path) -> int:
+    try:
+        return int(lock.read_text().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def _acquire_flock(lock: Path) -> int:
+    while True:
+        fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise _refuse(lock, _read_pid(lock)) from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:  # the previous owner unlinked the file between our open and our lock: try the new one
+            os.close(fd)
+            continue
+        # The file may hold a dead owner's pid (a stale lock): the kernel lock says it is ours now.
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        return fd
+
+
+def _acquire_pidfile(lock: Path) -> None:
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            pid = _read_pid(lock)
+            if pid and pid != os.getpid() and _alive(pid):
+                raise _refuse(lock, pid) from None
+            lock.unlink(missing_ok=True)  # stale: its owner is gone
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return None
 
 
 def _alive(pid: int) -> bool:
@@ -82,8 +150,9 @@ def _sha256(path: Path) -> str:
 
 def checksums(run_dir: Path) -> dict[str, str]:
     files = [run_dir / n for n in CHECKED if (run_dir / n).is_file()]
-    files += sorted(p for p in (run_dir / "model").rglob("*") if p.is_file())
-    return {str(p.relative_to(run_dir)): _sha256(p) for p in files}
+    for sub in CHECKED_DIRS:
+        files += sorted(p for p in (run_dir / sub).rglob("*") if p.is_file())
+    return {p.relative_to(run_dir).as_posix(): _sha256(p) for p in files}
 
 
 def _git_commit() -> str | None:
@@ -140,7 +209,8 @@ def verify_run_dir(run_dir: str | Path) -> dict:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise TextuneError(f"{run_dir}: run directory not found")
-    _atomic.recover_dir(run_dir / "model")
+    for sub in CHECKED_DIRS:
+        _atomic.recover_dir(run_dir / sub)
     for need in ("manifest.json", "recipe.yaml", "labels.json", "model/config.json"):
         if not (run_dir / need).is_file():
             raise TextuneError(
@@ -148,19 +218,39 @@ def verify_run_dir(run_dir: str | Path) -> dict:
                 f"'textune train --resume {run_dir}' or train again"
             )
     try:
-        manifest = json.loads((run_dir / "manifest.json").read_text())
+        manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise TextuneError(f"{run_dir}/manifest.json: not valid JSON; the run directory is corrupted") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files_sha256"), dict):
+        raise TextuneError(f"{run_dir}/manifest.json: has no file checksums; the run directory is corrupted")
     fmt = manifest.get("format")
-    if not isinstance(fmt, int) or fmt > RUN_FORMAT:
+    if not isinstance(fmt, int) or isinstance(fmt, bool):
+        raise TextuneError(f"{run_dir}/manifest.json: has no format number; the run directory is corrupted")
+    if fmt > RUN_FORMAT:
         raise TextuneError(
-            f"{run_dir}: written by a newer textune ({manifest.get('textune')}, format {fmt}); upgrade textune"
+            f"{run_dir}: written by a newer textune ({manifest.get('textune')}, run format {fmt}; this textune "
+            f"reads format {RUN_FORMAT}); upgrade textune (pip install -U textune)"
         )
-    recorded = manifest.get("files_sha256") or {}
+    recorded: dict = manifest["files_sha256"]
+    for need in (*CHECKED, "model/config.json"):
+        if need not in recorded:
+            raise TextuneError(f"{run_dir}/manifest.json: has no checksum for {need}; the run directory is corrupted")
+    root = run_dir.resolve()
     for rel, digest in recorded.items():
-        p = run_dir / rel
+        p = run_dir / str(rel)
+        if root not in p.resolve().parents:
+            raise TextuneError(f"{run_dir}/manifest.json: lists {rel!r} outside the run directory; it was altered")
         if not p.is_file():
             raise TextuneError(f"{run_dir}: {rel} is listed in manifest.json but missing; the run is incomplete")
         if _sha256(p) != digest:
             raise TextuneError(f"{run_dir}: checksum mismatch for {rel}; the file was altered or corrupted")
+    # A file added to the weights' folders after the run (say a pytorch_model.bin, which loads by unpickling)
+    # would be read by from_pretrained without being checked: refuse it.
+    for sub in CHECKED_DIRS:
+        for p in sorted((run_dir / sub).rglob("*")) if (run_dir / sub).is_dir() else []:
+            rel = p.relative_to(run_dir).as_posix()
+            if p.is_file() and rel not in recorded:
+                raise TextuneError(
+                    f"{run_dir}: {rel} is not listed in manifest.json (added after training?); remove it"
+                )
     return manifest

@@ -26,7 +26,9 @@ from textune.data.batching import collate, train_batches
 from textune.data.prepare import Split, data_hashes, load_splits
 from textune.data.tokenize import tokenize
 from textune.errors import TextuneError
-from textune.models.backbone import load_classifier, load_tokenizer
+from textune.models.backbone import load_tokenizer
+from textune.models.build import build_model, finalize_model, save_best
+from textune.models.peft import count_total, count_trainable, parameter_table
 from textune.predict import infer_logits, pad_id_of
 from textune.recipe import Recipe, dump_recipe, recipe_from_dict
 from textune.report.plots import plot_loss, plot_metrics
@@ -115,16 +117,6 @@ def _write_csv(path: Path, df: pd.DataFrame) -> None:
     _atomic.write_with(path, lambda p: df.to_csv(p, index=False))
 
 
-def _save_model(model, tokenizer, run_dir: Path) -> None:
-    """The best weights as a standalone Hugging Face directory (safetensors + tokenizer + config)."""
-    import tempfile
-
-    tmp = Path(tempfile.mkdtemp(prefix=".model.", dir=run_dir))
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    _atomic.replace_dir(tmp, run_dir / "model")
-
-
 def _resolve_resume(resume: str | Path, recipe: Recipe | None) -> tuple[Path, Recipe]:
     run_dir = Path(resume)
     saved = run_dir / "recipe.yaml"
@@ -133,8 +125,6 @@ def _resolve_resume(resume: str | Path, recipe: Recipe | None) -> tuple[Path, Re
     resumed = recipe_from_dict(yaml.safe_load(saved.read_text()), str(saved))
     if recipe is not None and recipe.train != resumed.train:
         log.warning("--resume: continuing with the recipe saved in %s (the given recipe differs)", run_dir)
-    if not (run_dir / "checkpoints" / "last").exists() and not (run_dir / "checkpoints" / "last.old").exists():
-        raise TextuneError(f"{run_dir}: no checkpoint to resume from yet; start the run again without --resume")
     return run_dir, resumed
 
 
@@ -188,7 +178,8 @@ def train(
     tokenize_s = time.perf_counter() - t0
     if resume is None:
         run_dir = Path(out) if out else new_run_dir(recipe.output.dir, recipe.output.name, recipe._stem)
-        if run_dir.exists() and any(run_dir.iterdir()):
+        # dot-files are a stale lock or temporaries of a run killed before it wrote anything: not a run
+        if run_dir.exists() and any(not p.name.startswith(".") for p in run_dir.iterdir()):
             raise TextuneError(f"{run_dir}: run directory is not empty; pick another --out or use --resume {run_dir}")
 
     with RunLock(run_dir), _Interrupt() as interrupt:
@@ -223,13 +214,15 @@ def _train_in(
 
     # 2. Model, optimizer, schedule. Seeded again so the head's initialisation does not depend on data loading.
     seed_everything(cfg.seed)
-    model, _ = load_classifier(
-        recipe.model.name,
-        task.model_kwargs(),
-        allow_network=recipe.model.allow_network,
-        trust_remote_code=recipe.model.trust_remote_code,
-        dropout=recipe.model.dropout,
-    )
+    model, peft_report = build_model(recipe, task.model_kwargs())
+    params = {
+        "total": count_total(model),
+        "trainable": count_trainable(model),
+        "modules": parameter_table(model),
+        "peft": peft_report.as_dict(),
+    }
+    for note in peft_report.notes:
+        log.info("note: %s", note)
     train_split, valid_split = splits["train"], splits["validation"]
     lengths = train_split.encoded.lengths
     micro_per_epoch = len(train_batches(lengths, cfg.batch_size, cfg.seed, 0, cfg.group_by_length))
@@ -261,7 +254,8 @@ def _train_in(
         "done": False,
     }
     ckpt_dir = run_dir / "checkpoints" / "last"
-    if resuming:
+    # A run killed before its first checkpoint resumes from step 0 (same seed, same result).
+    if resuming and (ckpt_dir.exists() or ckpt_dir.with_name(ckpt_dir.name + ".old").exists()):
         state = load_checkpoint(ckpt_dir, accelerator.unwrap_model(model), optimizer, scheduler)
         history = read_history(metrics_path, state["step"])
         _atomic.write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
@@ -364,7 +358,7 @@ def _train_in(
             if _is_better(value, state["best"], mode):
                 state.update(best=value, best_step=state["step"], bad_evals=0)
                 if accelerator.is_main_process:
-                    _save_model(accelerator.unwrap_model(model), tokenizer, run_dir)
+                    save_best(accelerator.unwrap_model(model), tokenizer, run_dir)
             else:
                 state["bad_evals"] += 1
             patience = cfg.early_stopping.patience
@@ -391,7 +385,7 @@ def _train_in(
     bar.close()
 
     # 5. Final: best model on validation (and test), predictions, plots, summary, manifest.
-    return _finish(run_dir, recipe, task, splits, tokenizer, state, precision, device, tokenize_s, main_metric)
+    return _finish(run_dir, recipe, task, splits, tokenizer, state, precision, device, tokenize_s, main_metric, params)
 
 
 class _null:
@@ -413,10 +407,12 @@ def _finish(
     device: torch.device,
     tokenize_s: float,
     main_metric: str,
+    params: dict[str, Any],
 ) -> Path:
     from transformers import AutoModelForSequenceClassification
 
     cfg = recipe.train
+    finalize_model(run_dir, recipe, task.model_kwargs())
     best = AutoModelForSequenceClassification.from_pretrained(run_dir / "model", local_files_only=True).to(device)
     pad_id = pad_id_of(tokenizer)
     results: dict[str, dict[str, float]] = {}
@@ -442,8 +438,7 @@ def _finish(
     plot_metrics(history, names or [main_metric], plots / "metrics.png")
     task.plots(plots, valid_logits, splits["validation"].targets)
 
-    trainable = sum(p.numel() for p in best.parameters() if p.requires_grad)
-    params = {"total": sum(p.numel() for p in best.parameters()), "trainable": trainable}
+    params = {**params, "trainable_percent": round(100 * params["trainable"] / max(params["total"], 1), 4)}
     secs = max(state["train_seconds"], 1e-9)
     summary = {
         "task": recipe.task,
@@ -453,7 +448,7 @@ def _finish(
         "steps": state["step"],
         "validation": results.get("validation"),
         "test": results.get("test"),
-        "parameters": {**params, "trainable_percent": round(100 * params["trainable"] / params["total"], 3)},
+        "parameters": params,
         "precision": precision,
         "device": str(device),
         "train_rows": len(splits["train"].df),

@@ -1,0 +1,48 @@
+"""``textune export``: a run's model as a standalone Hugging Face directory (merged) or its adapter alone."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from textune import _atomic
+from textune.errors import TextuneError
+from textune.rundir import verify_run_dir
+
+# Written into exported directories so that `textune predict` and Predictor.load work on them too.
+META = "textune.json"
+
+
+def export_run(run_dir: str | Path, out: str | Path, merge: bool = True) -> Path:
+    """Copies ``run_dir/model`` (adapters already merged for LoRA runs) or ``run_dir/adapter`` to ``out``.
+
+    Raises:
+        TextuneError: the run is unusable, ``out`` exists, or ``--no-merge`` on a run without adapters.
+    """
+    run_dir, out = Path(run_dir), Path(out)
+    verify_run_dir(run_dir)
+    if out.exists() and any(out.iterdir()):
+        raise TextuneError(f"{out}: already exists and is not empty; choose another --out")
+    src = run_dir / ("model" if merge else "adapter")
+    if not merge and not (src / "adapter_config.json").is_file():
+        raise TextuneError(f"{run_dir}: not a LoRA run, there is no adapter to export; drop --no-merge")
+    meta = {
+        "recipe": yaml.safe_load((run_dir / "recipe.yaml").read_text()),
+        "labels": json.loads((run_dir / "labels.json").read_text()),
+        "kind": "merged" if merge else "adapter",
+        "source_run": str(run_dir.resolve()),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
+        (tmp / META).write_text(json.dumps(meta, indent=1))
+        _atomic.replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

@@ -1,0 +1,185 @@
+"""Build the model a recipe describes (backbone + task head + PEFT), save its best weights, reload it."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from textune import _atomic
+from textune.errors import TextuneError
+from textune.models.backbone import load_classifier, load_config
+from textune.models.peft import PeftReport, apply_peft
+from textune.recipe import Recipe
+from textune.training.checkpoint import seed_everything
+
+log = logging.getLogger(__name__)
+
+# Architectures `textune params` can size with no files at all (config defaults as published).
+KNOWN_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
+    "roberta-base": (
+        "roberta",
+        {
+            "vocab_size": 50265,
+            "max_position_embeddings": 514,
+            "type_vocab_size": 1,
+            "pad_token_id": 1,
+            "bos_token_id": 0,
+            "eos_token_id": 2,
+        },
+    ),
+    "roberta-large": (
+        "roberta",
+        {
+            "vocab_size": 50265,
+            "max_position_embeddings": 514,
+            "type_vocab_size": 1,
+            "hidden_size": 1024,
+            "num_hidden_layers": 24,
+            "num_attention_heads": 16,
+            "intermediate_size": 4096,
+            "pad_token_id": 1,
+        },
+    ),
+    "bert-base-uncased": ("bert", {}),
+    "microsoft/deberta-v3-small": (
+        "deberta-v2",
+        {
+            "vocab_size": 128100,
+            "hidden_size": 768,
+            "num_hidden_layers": 6,
+            "num_attention_heads": 12,
+            "intermediate_size": 3072,
+            "relative_attention": True,
+            "position_buckets": 256,
+            "pos_att_type": ["p2c", "c2p"],
+            "max_relative_positions": -1,
+            "position_biased_input": False,
+            "type_vocab_size": 0,
+            "norm_rel_ebd": "layer_norm",
+            "share_att_key": True,
+        },
+    ),
+    "microsoft/deberta-v3-base": (
+        "deberta-v2",
+        {
+            "vocab_size": 128100,
+            "relative_attention": True,
+            "position_buckets": 256,
+            "pos_att_type": ["p2c", "c2p"],
+            "max_relative_positions": -1,
+            "position_biased_input": False,
+            "type_vocab_size": 0,
+            "norm_rel_ebd": "layer_norm",
+            "share_att_key": True,
+        },
+    ),
+    "google/electra-small-discriminator": (
+        "electra",
+        {"embedding_size": 128, "hidden_size": 256, "num_attention_heads": 4, "intermediate_size": 1024},
+    ),
+}
+KNOWN_CONFIGS["FacebookAI/roberta-base"] = KNOWN_CONFIGS["roberta-base"]
+
+
+def config_for(recipe: Recipe, task_kwargs: dict[str, Any]):
+    """The model config from the recipe's model (bundled, directory or cached hub id), else a known name."""
+    from transformers import AutoConfig
+
+    name = recipe.model.name
+    try:
+        return load_config(name, recipe.model.allow_network, recipe.model.trust_remote_code, **task_kwargs)
+    except TextuneError:
+        if name not in KNOWN_CONFIGS:
+            raise
+    model_type, kwargs = KNOWN_CONFIGS[name]
+    return AutoConfig.for_model(model_type, **kwargs, **task_kwargs)
+
+
+def build_from_config(recipe: Recipe, task_kwargs: dict[str, Any]) -> tuple[torch.nn.Module, PeftReport]:
+    """The recipe's model with random weights on the meta device: sizes without memory or weights."""
+    from transformers import AutoModelForSequenceClassification
+
+    config = config_for(recipe, task_kwargs)
+
+    def build() -> torch.nn.Module:
+        with torch.device("meta"):
+            return AutoModelForSequenceClassification.from_config(config)
+
+    return apply_peft(build, recipe.model.peft)
+
+
+def build_model(recipe: Recipe, task_kwargs: dict[str, Any]) -> tuple[torch.nn.Module, PeftReport]:
+    """The pretrained backbone with a fresh head (seeded), wrapped with PEFT if the recipe asks."""
+
+    def build() -> torch.nn.Module:
+        seed_everything(recipe.train.seed)  # same head initialisation whatever ran before
+        model, _ = load_classifier(
+            recipe.model.name,
+            task_kwargs,
+            allow_network=recipe.model.allow_network,
+            trust_remote_code=recipe.model.trust_remote_code,
+            dropout=recipe.model.dropout,
+        )
+        return model
+
+    peft = recipe.model.peft
+    if peft.method != "none" and peft.budget is not None:
+        # Probing ranks on the real model would load the weights three times; the meta-device twin has the
+        # same parameter shapes.
+        _, report = build_from_config(recipe, task_kwargs)
+        recipe = recipe.model_copy(deep=True)
+        recipe.model.peft.alpha = report.alpha
+        recipe.model.peft.r = report.r
+        recipe.model.peft.budget = None
+        model, final = apply_peft(build, recipe.model.peft)
+        final.notes = report.notes
+        return model, final
+    return apply_peft(build, peft)
+
+
+def is_peft(model: torch.nn.Module) -> bool:
+    return hasattr(model, "peft_config")
+
+
+def save_best(model: torch.nn.Module, tokenizer, run_dir: Path) -> None:
+    """Best weights so far: the adapter (small, fast) for PEFT runs, the whole model otherwise."""
+    target = run_dir / ("adapter" if is_peft(model) else "model")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=run_dir))
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    _atomic.replace_dir(tmp, target)
+
+
+def finalize_model(run_dir: Path, recipe: Recipe, task_kwargs: dict[str, Any]) -> None:
+    """For PEFT runs, writes ``model/``: the adapter merged into the base weights, a standalone HF model."""
+    adapter = run_dir / "adapter"
+    if not (adapter / "adapter_config.json").is_file():
+        return
+    merged = merge_adapter(adapter, recipe, task_kwargs)
+    from transformers import AutoTokenizer
+
+    tmp = Path(tempfile.mkdtemp(prefix=".model.", dir=run_dir))
+    merged.save_pretrained(tmp, safe_serialization=True)
+    AutoTokenizer.from_pretrained(adapter).save_pretrained(tmp)
+    _atomic.replace_dir(tmp, run_dir / "model")
+
+
+def merge_adapter(adapter: Path, recipe: Recipe, task_kwargs: dict[str, Any]) -> torch.nn.Module:
+    from peft import PeftModel
+
+    seed_everything(recipe.train.seed)
+    base, _ = load_classifier(
+        recipe.model.name,
+        task_kwargs,
+        allow_network=recipe.model.allow_network,
+        trust_remote_code=recipe.model.trust_remote_code,
+    )
+    try:
+        model = PeftModel.from_pretrained(base, adapter)
+    except (OSError, ValueError) as exc:
+        raise TextuneError(f"{adapter}: cannot load the adapter ({str(exc).splitlines()[0]})") from None
+    return model.merge_and_unload()
