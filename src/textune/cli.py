@@ -141,6 +141,59 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_embed(args: argparse.Namespace) -> int:
+    from textune.embed import embed_file
+
+    files, emb = embed_file(
+        args.model,
+        args.input,
+        args.output,
+        text=args.text,
+        id_col=args.id,
+        pooling=args.pooling,
+        normalize=args.normalize,
+        prefix=args.prefix,
+        max_length=args.max_length,
+        batch_size=args.batch_size,
+        precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[args.precision],
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    print(f"{emb.shape[0]} embeddings of dimension {emb.shape[1]} written to {', '.join(map(str, files))}")
+    return 0
+
+
+def cmd_baseline(args: argparse.Namespace) -> int:
+    from textune.baseline import KINDS, run_baselines
+    from textune.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.set)
+    for run_dir in run_baselines(recipe, args.kind or KINDS, out=args.out, embed_model=args.embed_model):
+        summary = json.loads((run_dir / "summary.json").read_text())
+        print(f"{summary['baseline']} baseline: {summary['model']}")
+        _print_summary(summary)
+        print(f"baseline directory: {run_dir}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from textune.report.compare import compare, format_table
+
+    table, notes, files = compare(args.runs, args.out)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(format_table(table))
+    print(f"leaderboard written to {' and '.join(map(str, files))}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from textune.report.html import write_report
+
+    print(f"report written to {write_report(args.run)}")
+    return 0
+
+
 def _allow_pickle_arg(s: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--allow-pickle",
@@ -219,6 +272,40 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--merge", action=argparse.BooleanOptionalAction, default=True,
                    help="merge LoRA adapters into the base weights (default), or --no-merge for the adapter alone")
     s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("embed", help="sentence embeddings of a file's texts (.parquet or .npy), keyed by id")
+    s.add_argument("model", metavar="MODEL_OR_RUN", help="bundled:minilm, a model directory, a hub id, or a run")
+    s.add_argument("--input", required=True, help="CSV/TSV/JSONL/Parquet")
+    s.add_argument("--text", help="text column or template like '{title}. {body}' (default: the run's data.text)")
+    s.add_argument("--output", required=True, help=".parquet (id + emb_0..emb_N columns) or .npy (+ .ids.csv)")
+    s.add_argument("--id", help="key column (default: the run's data.id, else 'id' when present)")
+    s.add_argument("--pooling", choices=["mean", "cls"], default="mean", help="mean over tokens (default) or CLS")
+    s.add_argument("--normalize", action="store_true", help="L2-normalise each embedding")
+    s.add_argument("--prefix", help="'query' or 'passage' (E5 markers 'query: '/'passage: '), or any literal text")
+    s.add_argument("--max-length", type=int, help="tokens per text (default: the run's, else 256)")
+    s.add_argument("--batch-size", type=int, default=64, help="texts per forward pass (default 64)")
+    s.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast (default fp32)")
+    s.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    s.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    s.set_defaults(func=cmd_embed)
+
+    s = sub.add_parser("baseline", help="TF-IDF and frozen-embedding linear baselines on the recipe's own split")
+    recipe_args(s)
+    s.add_argument(
+        "--kind", action="append", choices=["tfidf", "embedding"], help="which baseline (repeatable; default both)"
+    )
+    s.add_argument("--out", help="parent directory (default: output.dir); writes <recipe>-baseline-<kind>/")
+    s.add_argument("--embed-model", help="encoder of the embedding baseline (default: the recipe's model.name)")
+    s.set_defaults(func=cmd_baseline)
+
+    s = sub.add_parser("compare", help="leaderboard of runs and baselines (printed, CSV and PNG)")
+    s.add_argument("runs", nargs="+", metavar="RUN", help="run or baseline directories, e.g. runs/*")
+    s.add_argument("--out", default="leaderboard", help="output path without suffix (default ./leaderboard)")
+    s.set_defaults(func=cmd_compare)
+
+    s = sub.add_parser("report", help="(re)write a run's self-contained report.html")
+    s.add_argument("run", help="run or baseline directory")
+    s.set_defaults(func=cmd_report)
     return p
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from textune import _atomic
 
 # Far longer than any window: a multi-megabyte cell is cut before tokenization so memory stays bounded.
 CHARS_PER_TOKEN_CAP = 32
+# Tokenizations actually run in this process (cache misses): `textune tune` reports them, tests assert them.
+MISSES = 0
 
 
 def cache_dir() -> Path:
@@ -22,7 +25,15 @@ def cache_dir() -> Path:
 def tokenizer_fingerprint(tokenizer) -> str:
     h = hashlib.sha256(type(tokenizer).__name__.encode())
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    h.update(backend.to_str().encode() if backend is not None else repr(tokenizer.get_vocab()).encode())
+    if backend is not None:
+        state = json.loads(backend.to_str())
+        # transformers sets truncation/padding on the backend while it tokenizes: that is call state, not the
+        # tokenizer's identity, and keeping it made the key change after the first call (a miss per split per run).
+        state.pop("truncation", None)
+        state.pop("padding", None)
+        h.update(json.dumps(state, sort_keys=True).encode())
+    else:
+        h.update(repr(tokenizer.get_vocab()).encode())
     h.update(repr(sorted(map(str, tokenizer.all_special_tokens))).encode())
     return h.hexdigest()[:16]
 
@@ -73,6 +84,12 @@ def _tokenize(tokenizer, texts: list[str], max_length: int, batch: int = 2048) -
     np.cumsum(lengths, out=offsets[1:])
     ids = np.concatenate(ids_parts) if ids_parts else np.zeros(0, dtype=np.int32)
     type_ids = np.concatenate(type_parts) if type_parts else None
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        # The call leaves its truncation on the Rust tokenizer and save_pretrained writes it to tokenizer.json:
+        # reset it, so a run's saved tokenizer is the same bytes whether or not the token cache was hit.
+        backend.no_truncation()
+        backend.no_padding()
     return Encoded(ids, offsets, type_ids)
 
 
@@ -93,6 +110,8 @@ def tokenize(tokenizer, texts: list[str], max_length: int, use_cache: bool = Tru
             return Encoded.load(path), True
         except (OSError, ValueError, KeyError):
             path.unlink(missing_ok=True)  # a corrupt cache entry is rebuilt, never trusted
+    global MISSES
+    MISSES += 1
     encoded = _tokenize(tokenizer, texts, max_length)
     if use_cache:
         try:

@@ -1,0 +1,616 @@
+"""Hyperparameter search on Optuna: every trial is an ordinary textune run inside the study directory.
+
+The study lives in an Optuna RDB storage (a SQLite file in the study directory by default, or a PostgreSQL URL
+shared by workers on several machines), so running ``textune tune`` again continues the same study.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import gc
+import hashlib
+import json
+import logging
+import os
+import shutil
+import socket
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+
+from textune import _atomic
+from textune.data import tokenize as tokenize_mod
+from textune.errors import TextuneError
+from textune.recipe import Recipe, apply_overrides, dump_recipe, load_recipe, parse_duration, recipe_from_dict
+from textune.training.loop import Callback, TrainingInterrupted, train
+
+log = logging.getLogger(__name__)
+
+STUDY_DB = "study.db"
+# A trial whose worker stops sending heartbeats for GRACE_S seconds (a machine that died) is marked failed.
+HEARTBEAT_S = 60
+GRACE_S = 180
+PLOTS = ("optimization_history", "intermediate_values", "param_importances", "parallel_coordinate", "slice")
+
+
+class _StudyError(TextuneError):
+    """A mistake that every trial would repeat (e.g. an unknown metric): stops the study instead of failing a trial."""
+
+
+@dataclass
+class TuneResult:
+    """What a ``tune`` session did and where it wrote it."""
+
+    study_dir: Path
+    study_name: str
+    storage: str
+    metric: str
+    direction: str
+    counts: dict[str, int]
+    best_value: float | None = None
+    best_params: dict[str, Any] = field(default_factory=dict)
+    best_recipe: Path | None = None
+    plots: list[Path] = field(default_factory=list)
+    retrained: Path | None = None
+    tokenizations: int = 0
+
+
+class _Grid(optuna.samplers.GridSampler):
+    """GridSampler calls ``study.stop()`` once the grid is used up, which only works inside ``study.optimize``
+    (and fails the ``tell`` here); this loop stops by its budget, which is capped at the grid size."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        return None
+
+
+class _Report(Callback):
+    """Reports each validation score to the trial and raises ``TrialPruned`` when the pruner says so."""
+
+    def __init__(self, trial: optuna.Trial, metric: str, direction: str):
+        self.trial, self.metric, self.direction = trial, metric, direction
+        self.best: float | None = None
+
+    def on_evaluate(self, step: int, metrics: dict[str, float]) -> None:
+        if self.metric not in metrics:
+            raise _StudyError(
+                f"tune.metric: the task reports no '{self.metric}'; choose one of {', '.join(sorted(metrics))}"
+            )
+        value = float(metrics[self.metric])
+        if self.best is None or (value > self.best if self.direction == "maximize" else value < self.best):
+            self.best = value
+        self.trial.report(value, step)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"{self.metric} {value:.4f} at step {step}")
+
+
+def _host() -> str:
+    """This machine: host name plus boot id, so two machines that share a host name are not confused."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+    except OSError:
+        boot = ""
+    return f"{socket.gethostname()}/{boot}" if boot else socket.gethostname()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _driver_url(url: str) -> str:
+    """SQLAlchemy 2.1 reads ``postgresql://`` as psycopg 3; use psycopg2 when only that driver is installed."""
+    if url.startswith("postgresql://"):
+        import importlib.util
+
+        if importlib.util.find_spec("psycopg") is None:
+            if importlib.util.find_spec("psycopg2") is None:
+                raise TextuneError(f"--storage {_shown(url)}: no PostgreSQL driver; pip install 'psycopg[binary]'")
+            return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    return url
+
+
+def _shown(url: str) -> str:
+    """The URL with its password masked, for messages and printed output."""
+    from sqlalchemy.engine import make_url
+
+    with contextlib.suppress(Exception):
+        return make_url(url).render_as_string(hide_password=True)
+    return url
+
+
+def _storage(given: str) -> optuna.storages.RDBStorage:
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    url = _driver_url(given)
+    for attempt in range(4):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                # Heartbeats let any worker fail the trials of a worker (or machine) that died mid-trial.
+                return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+        except (IntegrityError, ProgrammingError):
+            # Workers started together on an empty database race to create Optuna's tables; the loser's
+            # CREATE fails once the winner's exist, and a second look finds them.
+            if attempt == 3:
+                raise
+            time.sleep(0.5 + attempt)
+        except Exception as exc:  # sqlalchemy raises many kinds (driver missing, auth, unreachable host)
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise TextuneError(
+                f"--storage {_shown(url)}: cannot open the study storage ({first}); check the URL"
+            ) from None
+    raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def _ask_lock(storage: optuna.storages.RDBStorage, study_name: str) -> Iterator[None]:
+    """Serialises "count the trials, then ask for one" across workers, so a study never overshoots its budget."""
+    url = storage.url
+    if url.startswith("postgresql"):
+        from sqlalchemy import text
+
+        key = int.from_bytes(hashlib.sha256(f"textune:{study_name}".encode()).digest()[:8], "big", signed=True)
+        with storage.engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                conn.commit()
+    elif url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        lock_path = Path(url.removeprefix("sqlite:///")).with_suffix(".lock")
+        with open(lock_path, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+    else:  # other databases: without a lock, two workers racing at the very end may run one trial too many
+        yield
+
+
+def _fail_dead_trials(study: optuna.Study) -> None:
+    """Marks as failed the running trials whose worker is gone: at once for this machine, by heartbeat elsewhere."""
+    host = _host()
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        pid = t.user_attrs.get("pid")
+        if t.user_attrs.get("host") == host and isinstance(pid, int) and pid != os.getpid() and not _alive(pid):
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                study._storage.set_trial_user_attr(t._trial_id, "killed", True)
+                study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+                log.info("trial %d: its worker (pid %d) is gone; marked failed", t.number, pid)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def _counted(t: optuna.trial.FrozenTrial) -> bool:
+    """Trials that use up the budget: finished or running ones, and failures of the trial itself. A trial
+    whose worker was killed or interrupted failed for no reason of its own, so its slot is tried again."""
+    s = optuna.trial.TrialState
+    if t.state == s.FAIL:
+        return "error" in t.user_attrs
+    return t.state in (s.COMPLETE, s.PRUNED, s.RUNNING)
+
+
+def _ask(study: optuna.Study, storage: optuna.storages.RDBStorage, budget: int) -> optuna.Trial | None:
+    with _ask_lock(storage, study.study_name):
+        _fail_dead_trials(study)
+        if sum(_counted(t) for t in study.get_trials(deepcopy=False)) >= budget:
+            return None
+        with warnings.catch_warnings():
+            # Optuna warns that heartbeats are meant for study.optimize; _Heartbeat records them for ask/tell.
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")
+            trial = study.ask()
+        # Set while the lock is held, so no other worker can take this trial for a dead one.
+        trial.set_user_attr("host", _host())
+        trial.set_user_attr("pid", os.getpid())
+        return trial
+
+
+class _Heartbeat:
+    """Records the running trial's heartbeat from a thread (``study.optimize`` does this; ask/tell must)."""
+
+    def __init__(self, storage: optuna.storages.RDBStorage, trial_id: int):
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(storage, trial_id), daemon=True)
+
+    def _run(self, storage: optuna.storages.RDBStorage, trial_id: int) -> None:
+        while True:
+            with contextlib.suppress(Exception):  # a lost beat only risks a late "stale" verdict
+                storage.record_heartbeat(trial_id)
+            if self._stop.wait(HEARTBEAT_S):
+                return
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def _suggest(trial: optuna.Trial, key: str, spec: dict[str, Any]) -> Any:
+    if "categorical" in spec:
+        return trial.suggest_categorical(key, spec["categorical"])
+    if "int" in spec:
+        lo, hi = spec["int"]
+        return trial.suggest_int(key, lo, hi, step=spec.get("step") or 1, log=bool(spec.get("log")))
+    lo, hi = spec["float"]
+    return trial.suggest_float(key, float(lo), float(hi), step=spec.get("step"), log=bool(spec.get("log")))
+
+
+def _with_params(base: dict, params: dict[str, Any], source: str) -> Recipe:
+    """The base recipe with dotted ``params`` applied, validated like any recipe."""
+    raw = apply_overrides(base, [f"{k}={json.dumps(v)}" for k, v in params.items()])
+    return recipe_from_dict(raw, source=source)
+
+
+def _grid(space: dict[str, dict[str, Any]], source: str) -> dict[str, list[Any]]:
+    grid: dict[str, list[Any]] = {}
+    for key, spec in space.items():
+        if "categorical" in spec:
+            grid[key] = list(spec["categorical"])
+            continue
+        kind = "int" if "int" in spec else "float"
+        lo, hi = spec[kind]
+        step = spec.get("step") or (1 if kind == "int" else None)
+        if step is None or spec.get("log"):
+            raise TextuneError(
+                f"{source}: tune.space.{key}: the grid sampler needs a finite set of values; give the range a "
+                f"step or use categorical"
+            )
+        n = int(round((hi - lo) / step)) + 1
+        grid[key] = [lo + i * step if kind == "int" else round(lo + i * step, 12) for i in range(n)]
+    return grid
+
+
+def _check_space(base: dict, space: dict[str, dict[str, Any]], source: str) -> None:
+    """Every bound and choice must give a valid recipe: found now, not as a failed trial an hour in."""
+    for key, spec in space.items():
+        values = spec.get("categorical") or spec.get("int") or spec.get("float")
+        for value in values:
+            _with_params(base, {key: value}, f"{source}: tune.space.{key} = {value!r}")
+
+
+def _metric_and_direction(recipe: Recipe) -> tuple[str, str]:
+    from textune.tasks import get_task
+
+    task_cls = get_task(recipe.task)
+    cfg = recipe.tune
+    metric = cfg.metric or recipe.train.early_stopping.metric or task_cls.main_metric
+    if cfg.direction:
+        return metric, cfg.direction
+    if metric.endswith("loss"):
+        return metric, "minimize"
+    greater = task_cls.greater_is_better if metric == task_cls.main_metric else True
+    return metric, "maximize" if greater else "minimize"
+
+
+def _prepare_data(recipe: Recipe) -> int:
+    """Reads, checks and tokenizes the data once before any trial; trials then load the token cache.
+
+    Returns:
+        How many tokenizations actually ran (cache misses).
+    """
+    from textune.data.prepare import load_splits
+    from textune.models.backbone import load_tokenizer
+    from textune.tasks import get_task
+
+    before = tokenize_mod.MISSES
+    splits = load_splits(recipe, get_task(recipe.task)(recipe))
+    tokenizer = load_tokenizer(recipe.model.name, recipe.model.allow_network, recipe.model.trust_remote_code)
+    for split in splits.values():
+        tokenize_mod.tokenize(tokenizer, split.texts, recipe.data.max_length)
+    return tokenize_mod.MISSES - before
+
+
+def _trim(run_dir: Path, keep_model: bool) -> None:
+    """Drops what only resuming a trial would need (optimizer state: about twice the model), and a pruned
+    trial's weights: a study of many trials would otherwise fill the disk. Recipe, metrics and plots stay."""
+    for name in ("checkpoints",) if keep_model else ("checkpoints", "model"):
+        shutil.rmtree(run_dir / name, ignore_errors=True)
+
+
+def _run_trial(
+    study: optuna.Study,
+    storage: optuna.storages.RDBStorage,
+    trial: optuna.Trial,
+    base: dict,
+    recipe: Recipe,
+    metric: str,
+    direction: str,
+    study_dir: Path,
+) -> optuna.trial.TrialState:
+    state = optuna.trial.TrialState
+    params = {key: _suggest(trial, key, spec) for key, spec in recipe.tune.space.items()}
+    run_dir = study_dir / "trials" / f"{trial.number:04d}"
+    trial.set_user_attr("run_dir", str(run_dir.resolve()))
+    report = _Report(trial, metric, direction)
+    try:
+        trial_recipe = _with_params(base, params, f"trial {trial.number}")
+        with _Heartbeat(storage, trial._trial_id):
+            train(trial_recipe, out=run_dir, callbacks=[report])
+    except optuna.TrialPruned as exc:
+        log.debug("trial %d pruned: %s", trial.number, exc)
+        _trim(run_dir, keep_model=False)
+        study.tell(trial, state=state.PRUNED)
+        return state.PRUNED
+    except (KeyboardInterrupt, TrainingInterrupted, _StudyError) as exc:
+        trial.set_user_attr("interrupted", True)
+        study.tell(trial, state=state.FAIL)
+        _trim(run_dir, keep_model=False)
+        if isinstance(exc, _StudyError):
+            raise
+        # The trial's own checkpoint is not how a study continues: its slot is simply tried again.
+        raise TrainingInterrupted(
+            f"trial {trial.number} interrupted; run the same 'textune tune' command to continue the study"
+        ) from None
+    except Exception as exc:  # e.g. out of memory or a diverging loss: this trial fails, the study goes on
+        trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:500])
+        study.tell(trial, state=state.FAIL)
+        log.warning("trial %d failed: %s: %s", trial.number, type(exc).__name__, exc)
+        gc.collect()
+        with contextlib.suppress(Exception):
+            import torch
+
+            torch.cuda.empty_cache()
+        return state.FAIL
+    if report.best is None:
+        trial.set_user_attr("error", "no validation score was reported")
+        study.tell(trial, state=state.FAIL)
+        return state.FAIL
+    _trim(run_dir, keep_model=True)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for key in ("best_step", "steps", "train_rows", "validation_rows"):
+        trial.set_user_attr(key, summary.get(key))
+    study.tell(trial, report.best)
+    return state.COMPLETE
+
+
+def tune(
+    recipe_path: str | Path,
+    overrides: list[str] | None = None,
+    *,
+    trials: int | None = None,
+    timeout: str | float | None = None,
+    storage: str | None = None,
+    study_name: str | None = None,
+    out: str | Path | None = None,
+    retrain_best: bool = False,
+    echo: Callable[[str], None] | None = None,
+) -> TuneResult:
+    """Runs (or continues) an Optuna study over the recipe's ``tune.space``.
+
+    Args:
+        recipe_path: recipe YAML with a ``tune:`` section.
+        overrides: dotted ``KEY=VALUE`` strings applied to the recipe first.
+        trials: trials in the study over all sessions and workers; default ``tune.trials``.
+        timeout: time budget of this session (``'2h'``, ``'30m'``, seconds); default ``tune.timeout``.
+        storage: Optuna storage URL (e.g. ``postgresql://user@host/db``); default a SQLite file in the study dir.
+        study_name: the study's name in the storage; default the recipe file's stem.
+        out: study directory; default ``output.dir/tune-<study>``.
+        retrain_best: afterwards, train the best recipe as ``tune.retrain`` says.
+        echo: called with one line per finished trial (the CLI prints them).
+
+    Returns:
+        A :class:`TuneResult`.
+
+    Raises:
+        TextuneError: bad recipe, search space, data or storage (found before any trial runs).
+    """
+    recipe_path = Path(recipe_path)
+    recipe = load_recipe(recipe_path, overrides)
+    cfg = recipe.tune
+    source = str(recipe_path)
+    if not cfg.space:
+        raise TextuneError(f"{source}: tune.space is empty; add e.g. 'train.lr: {{float: [1e-5, 1e-3], log: true}}'")
+    try:
+        limit = timeout if timeout is not None else cfg.timeout
+        budget_s = parse_duration(limit) if limit is not None else None
+    except ValueError as exc:
+        raise TextuneError(f"--timeout: {exc}") from None
+    budget = trials if trials is not None else cfg.trials
+    if budget < 1:
+        raise TextuneError(f"--trials {budget}: give at least 1")
+    base = recipe.to_dict()  # data paths already absolute, so trials can run from the study directory
+    _check_space(base, cfg.space, source)
+    metric, direction = _metric_and_direction(recipe)
+    if cfg.metric and recipe.train.early_stopping.metric is None:
+        # Each trial keeps the checkpoint that is best by the metric the study optimises.
+        base = apply_overrides(
+            base,
+            [f"train.early_stopping.metric={metric}", f"train.early_stopping.mode={direction[:3]}"],
+        )
+
+    study_name = study_name or recipe_path.stem
+    study_dir = Path(out) if out else Path(recipe.output.dir) / f"tune-{study_name}"
+    study_dir.mkdir(parents=True, exist_ok=True)
+    url = storage or f"sqlite:///{(study_dir / STUDY_DB).resolve()}"
+
+    if cfg.sampler == "grid":
+        grid = _grid(cfg.space, source)
+        size = 1
+        for values in grid.values():
+            size *= len(values)
+        if size < budget:
+            log.info("the grid has %d points; running %d trials, not %d", size, size, budget)
+            budget = size
+        sampler: optuna.samplers.BaseSampler = _Grid(grid, seed=cfg.seed)
+    elif cfg.sampler == "random":
+        sampler = optuna.samplers.RandomSampler(seed=cfg.seed)
+    else:
+        sampler = optuna.samplers.TPESampler(seed=cfg.seed)
+    pruner: optuna.pruners.BasePruner = {
+        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=cfg.prune_after),
+        "hyperband": lambda: optuna.pruners.HyperbandPruner(),
+        "none": lambda: optuna.pruners.NopPruner(),
+    }[cfg.pruner]()
+
+    tokenizations = _prepare_data(recipe)
+    rdb = _storage(url)
+    study = optuna.create_study(
+        storage=rdb, study_name=study_name, direction=direction, sampler=sampler, pruner=pruner, load_if_exists=True
+    )
+    if study.direction.name.lower() != direction or study.user_attrs.get("metric", metric) != metric:
+        raise TextuneError(
+            f"study '{study_name}' in {_shown(url)} optimises {study.user_attrs.get('metric')} "
+            f"({study.direction.name.lower()}), the recipe asks {metric} ({direction}); use another --study"
+        )
+    study.set_user_attr("metric", metric)
+
+    start = time.monotonic()
+    say = echo or (lambda _line: None)
+    try:
+        while budget_s is None or time.monotonic() - start < budget_s:
+            trial = _ask(study, rdb, budget)
+            if trial is None:
+                break
+            t0 = time.monotonic()
+            result = _run_trial(study, rdb, trial, base, recipe, metric, direction, study_dir)
+            frozen = study._storage.get_trial(trial._trial_id)
+            value = f" {metric} {frozen.value:.4f}" if frozen.value is not None else ""
+            say(
+                f"trial {trial.number}: {result.name.lower()}{value} in {time.monotonic() - t0:.1f} s "
+                f"({', '.join(f'{k}={v}' for k, v in frozen.params.items())})"
+            )
+        else:
+            log.info("time budget of %.0f s used up", budget_s)
+    finally:
+        # Whatever stopped the session (budget, Ctrl-C, a study-wide error), the study dir shows what is stored.
+        result_ = _write_outputs(study, base, study_dir, metric, direction, url)
+    result_.tokenizations = tokenizations
+    if retrain_best:
+        result_.retrained = _retrain_best(study, base, recipe, study_dir)
+    return result_
+
+
+def _write_outputs(
+    study: optuna.Study, base: dict, study_dir: Path, metric: str, direction: str, url: str
+) -> TuneResult:
+    trials = study.get_trials(deepcopy=False)
+    counts: dict[str, int] = {}
+    for t in trials:
+        counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
+    result = TuneResult(study_dir, study.study_name, _shown(url), metric, direction, counts)
+    _write_trials_csv(study, study_dir / "trials.csv")
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if complete:
+        best = study.best_trial
+        result.best_value, result.best_params = best.value, dict(best.params)
+        recipe = _with_params(base, best.params, f"best trial {best.number}")
+        header = (
+            f"# Best recipe of study '{study.study_name}': trial {best.number}, {metric} {best.value:.6g}\n"
+            f"# ({len(complete)} completed of {len(trials)} trials). Train it with: textune train best_recipe.yaml\n"
+        )
+        result.best_recipe = _atomic.write_text(study_dir / "best_recipe.yaml", header + dump_recipe(recipe))
+    result.plots = _write_plots(study, study_dir / "plots", len(complete), metric)
+    return result
+
+
+def _write_trials_csv(study: optuna.Study, path: Path) -> None:
+    df = study.trials_dataframe(
+        attrs=("number", "state", "value", "duration", "datetime_start", "params", "user_attrs")
+    )
+    if df.empty:
+        df = pd.DataFrame(columns=["number", "state", "value", "duration_s"])
+    elif "duration" in df:
+        df.insert(3, "duration_s", df.pop("duration").dt.total_seconds().round(3))
+    df = df.rename(columns=lambda c: c.removeprefix("user_attrs_"))
+    _atomic.write_with(path, lambda p: df.to_csv(p, index=False))
+
+
+def _write_plots(study: optuna.Study, out_dir: Path, n_complete: int, metric: str) -> list[Path]:
+    """Optuna's matplotlib plots; one that the study cannot draw yet is skipped with a logged note."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from optuna.visualization import matplotlib as ovm
+
+    need = {"param_importances": 2, "parallel_coordinate": 2}  # importances/coordinates need a spread of trials
+    written: list[Path] = []
+    skipped: list[str] = []
+    for name in PLOTS:
+        if n_complete < need.get(name, 1):
+            skipped.append(f"{name} (needs {need.get(name, 1)} completed trials, the study has {n_complete})")
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the matplotlib backend is "experimental" in Optuna
+                kwargs = {} if name == "intermediate_values" else {"target_name": metric}
+                axes = getattr(ovm, f"plot_{name}")(study, **kwargs)
+            fig = np.ravel(axes)[0].figure
+            fig.set_size_inches(max(fig.get_size_inches()[0], 7), max(fig.get_size_inches()[1], 4.5))
+            path = out_dir / f"{name}.png"
+            _atomic.write_with(path, lambda p, fig=fig: fig.savefig(p, format="png", dpi=100, bbox_inches="tight"))
+            written.append(path)
+        except Exception as exc:  # Optuna raises ValueError/RuntimeError for studies it cannot plot
+            skipped.append(f"{name} ({exc})")
+        finally:
+            plt.close("all")
+    if skipped:
+        log.info("plots skipped: %s", "; ".join(skipped))
+    return written
+
+
+def _retrain_best(study: optuna.Study, base: dict, recipe: Recipe, study_dir: Path) -> Path | None:
+    """Trains the best recipe again: on train + validation (a fixed number of steps) or exactly as configured."""
+    from textune.data.io import read_table
+
+    if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+        log.warning("--retrain-best: no completed trial yet; nothing to retrain")
+        return None
+    best = study.best_trial
+    out = study_dir / f"best-{best.number:04d}"
+    if out.exists():
+        raise TextuneError(f"{out}: already exists; remove it to retrain, or continue it with textune train --resume")
+    raw = apply_overrides(base, [f"{k}={json.dumps(v)}" for k, v in best.params.items()])
+    if recipe.tune.retrain == "train+validation":
+        data = raw["data"]
+        if data.get("validation"):
+            train_df = read_table(data["train"])
+            if data.get("max_rows"):
+                train_df = train_df.iloc[: data["max_rows"]]
+            merged = pd.concat([train_df, read_table(data["validation"])], ignore_index=True)
+            path = study_dir / "retrain_data.parquet"  # parquet keeps column types exactly
+            _atomic.write_with(path, lambda p: merged.to_parquet(p, index=False))
+            data.update(train=str(path.resolve()), max_rows=None)
+        else:
+            # The held-out split came from train: the whole file is train + validation.
+            data["validation"] = data["train"]
+        steps, rows, valid_rows = (best.user_attrs.get(k) for k in ("best_step", "train_rows", "validation_rows"))
+        if steps and rows and valid_rows:
+            # Same number of epochs as the best trial's best checkpoint, on the larger data.
+            max_steps = max(1, round(steps * (rows + valid_rows) / rows))
+            raw["train"].update(max_steps=max_steps, eval_every=max_steps, checkpoint_every=None)
+            raw["train"]["early_stopping"]["patience"] = None
+        log.warning("--retrain-best: training on train + validation; the validation scores of %s are not held out", out)
+    final = recipe_from_dict(raw, source=f"best trial {best.number}")
+    return train(final, out=out)
+
+
+def load_trials(study_dir: str | Path) -> pd.DataFrame:
+    """``trials.csv`` of a study directory as a DataFrame (for notebooks and reports)."""
+    path = Path(study_dir) / "trials.csv"
+    if not path.is_file():
+        raise TextuneError(f"{study_dir}: no trials.csv; run 'textune tune recipe.yaml --out {study_dir}' first")
+    return pd.read_csv(path)
+
+
+__all__ = ["TuneResult", "load_trials", "tune"]
