@@ -170,7 +170,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.set)
     for run_dir in run_baselines(recipe, args.kind or KINDS, out=args.out, embed_model=args.embed_model):
         summary = json.loads((run_dir / "summary.json").read_text())
-        print(f"{summary['baseline']} baseline: {summary['model']}")
+        print(f"{summary['baseline']} baseline: {summary['description']}")
         _print_summary(summary)
         print(f"baseline directory: {run_dir}")
     return 0

@@ -12,8 +12,8 @@ import pandas as pd
 import torch
 
 from textune.data.batching import collate, inference_batches
-from textune.data.io import read_table, render_texts, require_columns, template_columns
-from textune.data.tokenize import Encoded, tokenize
+from textune.data.io import read_table, require_columns
+from textune.data.tokenize import Encoded
 from textune.errors import TextuneError
 from textune.recipe import Recipe, recipe_from_dict
 from textune.rundir import verify_run_dir
@@ -35,12 +35,13 @@ def infer_logits(
     device: torch.device,
     pad_id: int,
     precision: str = "no",
+    extras: dict[str, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Model outputs for every row of ``encoded``, in input order (batches run longest first)."""
     model.eval()
     out: np.ndarray | None = None
     for idx in inference_batches(encoded.lengths, batch_size):
-        batch = {k: v.to(device, non_blocking=True) for k, v in collate(encoded, idx, pad_id).items()}
+        batch = {k: v.to(device, non_blocking=True) for k, v in collate(encoded, idx, pad_id, extras).items()}
         with autocast_for(device, precision):
             logits = model(**batch).logits
         logits = logits.float().cpu().numpy()
@@ -76,9 +77,12 @@ def _read_meta(path: Path) -> tuple[dict, dict, Path]:
 class Predictor:
     """A trained run, ready to predict. ``Predictor.load("runs/NAME").predict(["some text"])``."""
 
-    def __init__(self, run_dir: Path, recipe: Recipe, task: Task, model, tokenizer, device: torch.device):
+    def __init__(
+        self, run_dir: Path, recipe: Recipe, task: Task, model, tokenizer, device: torch.device, featurizer=None
+    ):
         self.run_dir, self.recipe, self.task = run_dir, recipe, task
         self.model, self.tokenizer, self.device = model, tokenizer, device
+        self.featurizer = featurizer
 
     @classmethod
     def load(cls, run_dir: str | Path, device: str | None = None) -> Predictor:
@@ -87,7 +91,9 @@ class Predictor:
         Raises:
             TextuneError: the directory is missing, incomplete, from a newer textune or altered.
         """
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoTokenizer
+
+        from textune.models.build import load_model_dir
 
         run_dir = Path(run_dir)
         recipe_raw, labels, model_dir = _read_meta(run_dir)
@@ -101,26 +107,37 @@ class Predictor:
 
             model = merge_adapter(model_dir, recipe, task.model_kwargs())
         else:
-            model = AutoModelForSequenceClassification.from_pretrained(
-                model_dir, local_files_only=True, trust_remote_code=recipe.model.trust_remote_code
-            )
+            model = load_model_dir(model_dir)
         model.to(dev).eval()
-        return cls(run_dir, recipe, task, model, tokenizer, dev)
+        featurizer = None
+        features_json = run_dir / "features.json"
+        if recipe.features.enabled and features_json.is_file():
+            from textune.data.features import Featurizer
+
+            featurizer = Featurizer.from_dict(recipe.features, json.loads(features_json.read_text()))
+        return cls(run_dir, recipe, task, model, tokenizer, dev, featurizer)
 
     # -- inputs ----------------------------------------------------------------------------------------------
     def texts_of(self, data: pd.DataFrame | list[str] | str, source: str = "input") -> list[str]:
         if isinstance(data, str):
             return [data]
         if isinstance(data, pd.DataFrame):
-            return render_texts(data, self.recipe.data.text, source)
+            return self.task.texts(data, source)
         return [str(t) for t in data]
 
     def logits(self, data: pd.DataFrame | list[str] | str, source: str = "input") -> np.ndarray:
         texts = self.texts_of(data, source)
-        encoded, _ = tokenize(self.tokenizer, texts, self.recipe.data.max_length)
-        return infer_logits(
-            self.model, encoded, self.recipe.train.eval_batch_size, self.device, pad_id_of(self.tokenizer)
+        encoded = self.task.encode(self.tokenizer, data if isinstance(data, pd.DataFrame) else texts, source)
+        extras = None
+        if self.featurizer is not None:
+            frame = data if isinstance(data, pd.DataFrame) else pd.DataFrame(index=range(len(texts)))
+            numeric, categorical = self.featurizer.transform(frame.reset_index(drop=True), texts, source)
+            extras = {"numeric": numeric, "categorical": categorical}
+        outputs = infer_logits(
+            self.model, encoded, self.recipe.train.eval_batch_size, self.device, pad_id_of(self.tokenizer),
+            extras=extras,
         )
+        return self.task.combine_outputs(outputs, encoded)
 
     # -- outputs ---------------------------------------------------------------------------------------------
     def predict(self, data: pd.DataFrame | list[str] | str) -> list[Any]:
@@ -133,13 +150,15 @@ class Predictor:
         return self.task.predictions(self.logits(data), proba=True)
 
     def evaluate(self, df: pd.DataFrame, source: str = "input") -> dict[str, float]:
-        require_columns(df, [self.recipe.data.label], source, "data.label")
+        for col, key in self.task.target_columns(df).items():
+            require_columns(df, [col], source, key)
         targets = self.task.targets(df, source, "evaluation")
         return self.task.metrics(self.logits(df, source), targets)
 
     def read_input(self, path: str | Path) -> pd.DataFrame:
         df = read_table(path)
-        require_columns(df, template_columns(self.recipe.data.text), path, "the run's data.text")
+        for col, key in self.task.input_columns().items():
+            require_columns(df, [col], path, f"the run's {key}")
         id_col = self.recipe.data.id
         if id_col and id_col in df.columns:
             dup = df[id_col].duplicated()
@@ -155,7 +174,7 @@ class Predictor:
         """Id column followed by the task's prediction columns, in input order."""
         id_col = self.recipe.data.id or "id"
         ids = df[id_col].reset_index(drop=True) if id_col in df.columns else pd.Series(range(len(df)))
-        preds = self.task.predictions(self.logits(df, source), proba=proba)
+        preds = self.task.predictions(self.logits(df, source), proba=proba or self.task.submission_proba)
         preds.insert(0, id_col, ids)
         return preds
 

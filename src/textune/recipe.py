@@ -23,7 +23,7 @@ from pydantic import (
 
 from textune.errors import TextuneError, did_you_mean
 
-TASKS = ("classification",)
+TASKS = ("classification", "regression", "ordinal", "preference", "multilabel")
 
 
 class _Section(BaseModel):
@@ -37,12 +37,86 @@ class DataConfig(_Section):
     test: str | None = Field(None, description="Optional test file, evaluated (if labelled) and predicted at the end.")
     valid_fraction: float = Field(0.1, gt=0, lt=1, description="Share of train held out when no validation file.")
     text: str = Field("text", description="Text column, or a template joining columns, e.g. '{title}. {body}'.")
-    label: str = Field("label", description="Label column.")
+    label: str = Field("label", description="Label column (the target for regression, unless data.target is set).")
+    target: str | None = Field(None, description="Regression target column (default: data.label).")
     id: str | None = Field(None, description="Id column written to submissions (row number if absent).")
     labels: list[str] | None = Field(None, description="Label order; default: sorted label values from train.")
     max_length: int = Field(128, ge=8, le=8192, description="Tokens per text; longer texts are truncated.")
     max_rows: int | None = Field(None, ge=1, description="Use only the first N rows of train (quick experiments).")
     warn_unstratified: bool = Field(True, description="Warn when a class is too small to stratify the split.")
+    text_pair: str | None = Field(
+        None, description="Second text column or template, encoded as a true sentence pair with data.text."
+    )
+    truncation: Literal["head", "tail", "head_tail"] = Field(
+        "head", description="Which tokens of a long text are kept: the first, the last, or the first H and last T."
+    )
+    head_tokens: int | None = Field(None, ge=0, description="head_tail: tokens kept from the start (default a quarter).")
+    pair_truncation: Literal["longest_first", "only_first", "only_second", "share"] = Field(
+        "longest_first", description="How a text pair is cut to max_length ('share': data.field_shares per field)."
+    )
+    field_shares: list[float] | None = Field(
+        None, description="Token share per field for pair 'share' / preference [prompt, a, b]; unused share moves on."
+    )
+    label_columns: list[str] | None = Field(
+        None, description="0/1 target columns: multilabel labels, or preference [winner_a, winner_b, tie]."
+    )
+    label_sep: str = Field(",", description="multilabel: separator of labels inside data.label, e.g. 'a,b'.")
+    prompt: str = Field("prompt", description="preference: prompt column (plain text or a JSON list of strings).")
+    response_a: str = Field("response_a", description="preference: first response column.")
+    response_b: str = Field("response_b", description="preference: second response column.")
+
+
+class RegressionConfig(_Section):
+    transform: Literal["none", "log1p", "log"] = Field(
+        "none", description="Target transform; its inverse is applied to predictions."
+    )
+    loss: Literal["mse", "huber", "mae", "smape", "focal_smape"] = Field("mse", description="Training loss.")
+    loss_space: Literal["transformed", "original"] = Field(
+        "transformed", description="Compute the loss on transformed targets or back in the original units."
+    )
+    huber_delta: float = Field(1.0, gt=0, description="Huber loss delta (in the loss space, standardised).")
+    gamma: float = Field(1.0, ge=0, description="focal_smape: weight each row's SMAPE by itself to this power.")
+    clip_min: float | None = Field(None, description="Clip predictions below this value (e.g. 0.01 for prices).")
+    clip_max: float | None = Field(None, description="Clip predictions above this value.")
+
+
+class FusionHeadConfig(_Section):
+    widths: list[int] = Field([256], description="Hidden layer widths of the MLP over [text, features].")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout after each hidden layer.")
+    layer_norm: bool = Field(True, description="LayerNorm after each hidden layer.")
+    pooling: Literal["mean", "cls"] = Field("mean", description="How the text encoder's tokens are pooled.")
+
+
+class FeaturesConfig(_Section):
+    numeric: list[str] = Field([], description="Numeric columns (standardised on train; missing -> indicator).")
+    categorical: list[str] = Field([], description="Categorical columns (learned embeddings; unseen -> a bucket).")
+    text_fields: list[str] = Field(
+        [], description="'Key: value' lines of the text used as categorical features, e.g. [Manufacturer]."
+    )
+    text_stats: bool = Field(False, description="Length, words, digits, capitals, word length, richness, sentences.")
+    quantities: bool = Field(False, description="Numbers with units and pack counts parsed from the text.")
+    head: FusionHeadConfig = Field(default_factory=FusionHeadConfig, description="The fusion MLP head.")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.numeric or self.categorical or self.text_fields or self.text_stats or self.quantities)
+
+
+class OrdinalConfig(_Section):
+    head: Literal["coral", "classification"] = Field(
+        "coral", description="'coral' (K-1 cumulative 'above level k' logits, BCE) or plain softmax classification."
+    )
+
+
+class PreferenceConfig(_Section):
+    swap_augment: bool = Field(True, description="Also train on every pair with a/b swapped (and labels swapped).")
+    symmetric_eval: bool = Field(True, description="Predict both orders and average with labels swapped back.")
+    calibrate: bool = Field(True, description="Fit a temperature on validation (saved with the model).")
+
+
+class MultilabelConfig(_Section):
+    tune_thresholds: bool = Field(True, description="Tune one threshold per label on validation F1 (saved).")
+    threshold: float = Field(0.5, gt=0, lt=1, description="Threshold for every label when not tuned.")
 
 
 class PeftConfig(_Section):
@@ -230,6 +304,11 @@ class Recipe(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig, description="Optimisation settings.")
     output: OutputConfig = Field(default_factory=OutputConfig, description="Where runs go.")
     tune: TuneConfig = Field(default_factory=TuneConfig, description="Hyperparameter search ('textune tune').")
+    regression: RegressionConfig = Field(default_factory=RegressionConfig, description="Regression targets and loss.")
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig, description="Tabular features fused with text.")
+    ordinal: OrdinalConfig = Field(default_factory=OrdinalConfig, description="Ordinal levels (task: ordinal).")
+    preference: PreferenceConfig = Field(default_factory=PreferenceConfig, description="Pairwise preference.")
+    multilabel: MultilabelConfig = Field(default_factory=MultilabelConfig, description="Multi-label thresholds.")
     # The recipe file's stem, used to name run directories; not part of the saved recipe.
     _stem: str = PrivateAttr("run")
 

@@ -21,7 +21,7 @@ except ImportError:  # Windows: fall back to the pid check alone
 
 RUN_FORMAT = 1
 # Files whose checksums the manifest records and loading verifies, plus every file under CHECKED_DIRS.
-CHECKED = ("recipe.yaml", "labels.json")
+CHECKED = ("recipe.yaml", "labels.json", "features.json")
 CHECKED_DIRS = ("model", "adapter")
 
 
@@ -232,8 +232,8 @@ def verify_run_dir(run_dir: str | Path) -> dict:
             f"reads format {RUN_FORMAT}); upgrade textune (pip install -U textune)"
         )
     recorded: dict = manifest["files_sha256"]
-    for need in (*CHECKED, "model/config.json"):
-        if need not in recorded:
+    for need in (*CHECKED, "model/config.json"):  # present files that the manifest does not cover
+        if (run_dir / need).is_file() and need not in recorded:
             raise TextuneError(f"{run_dir}/manifest.json: has no checksum for {need}; the run directory is corrupted")
     root = run_dir.resolve()
     for rel, digest in recorded.items():

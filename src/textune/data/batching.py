@@ -40,8 +40,10 @@ def inference_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def collate(encoded: Encoded, idx: np.ndarray, pad_id: int) -> dict[str, torch.Tensor]:
-    """Pads the rows ``idx`` to the longest among them (dynamic padding)."""
+def collate(
+    encoded: Encoded, idx: np.ndarray, pad_id: int, extras: dict[str, np.ndarray] | None = None
+) -> dict[str, torch.Tensor]:
+    """Pads the rows ``idx`` to the longest among them (dynamic padding); adds rows ``idx`` of each extra."""
     rows = [encoded.row(i) for i in idx]
     width = max(len(r) for r in rows)
     ids = np.full((len(rows), width), pad_id, dtype=np.int64)
@@ -56,4 +58,6 @@ def collate(encoded: Encoded, idx: np.ndarray, pad_id: int) -> dict[str, torch.T
             t = encoded.type_row(i)
             types[j, : len(t)] = t
         batch["token_type_ids"] = torch.from_numpy(types)
+    for name, values in (extras or {}).items():
+        batch[name] = torch.from_numpy(np.ascontiguousarray(values[idx]))
     return batch

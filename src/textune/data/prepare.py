@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from textune.data.io import read_table, render_texts, require_columns, sha256_file, template_columns
+from textune.data.io import read_table, require_columns, sha256_file
 from textune.data.split import split_indices
 from textune.errors import TextuneError
 from textune.recipe import Recipe
@@ -25,6 +25,8 @@ class Split:
     texts: list[str]
     targets: np.ndarray | None = None
     encoded: object | None = field(default=None, repr=False)
+    # per-row model inputs besides tokens (fusion features): name -> array indexed by row
+    extras: dict[str, np.ndarray] | None = field(default=None, repr=False)
 
     def ids(self, id_col: str | None) -> pd.Series:
         if id_col and id_col in self.df.columns:
@@ -44,7 +46,7 @@ def load_splits(recipe: Recipe, task: Task) -> dict[str, Split]:
     train_df = read_table(d.train)
     if d.max_rows is not None:
         train_df = train_df.iloc[: d.max_rows].reset_index(drop=True)
-    require_columns(train_df, template_columns(d.text) + [d.label], d.train, "data.text/data.label")
+    _require(train_df, task, d.train)
     task.fit(train_df, d.train)
 
     if d.validation:
@@ -52,22 +54,31 @@ def load_splits(recipe: Recipe, task: Task) -> dict[str, Split]:
         valid_path = d.validation
     else:
         strat = task.stratify_on(train_df)
-        tr, va = split_indices(len(train_df), d.valid_fraction, recipe.train.seed, strat)
+        tr, va = split_indices(len(train_df), d.valid_fraction, recipe.train.seed, strat, d.warn_unstratified)
         if len(tr) == 0:
-            raise TextuneError(f"{d.train}: too few rows ({len(train_df)}) to hold out a validation split")
+            raise TextuneError(
+                f"{d.train}: too few rows ({len(train_df)}) to hold out a validation split; add rows or give "
+                f"data.validation"
+            )
         valid_df = train_df.iloc[va].reset_index(drop=True)
         train_df = train_df.iloc[tr].reset_index(drop=True)
         valid_path = f"{d.train} (held-out {d.valid_fraction:.0%})"
 
     splits = {}
     for name, df, path in (("train", train_df, d.train), ("validation", valid_df, valid_path)):
-        require_columns(df, template_columns(d.text) + [d.label], path, "data.text/data.label")
-        splits[name] = Split(name, path, df, render_texts(df, d.text, path), task.targets(df, path, name))
+        _require(df, task, path)
+        splits[name] = Split(name, path, df, task.texts(df, path), task.targets(df, path, name))
     if d.test:
         test_df = read_table(d.test)
         targets = task.targets(test_df, d.test, "test") if task.has_targets(test_df) else None
-        splits["test"] = Split("test", d.test, test_df, render_texts(test_df, d.text, d.test), targets)
+        splits["test"] = Split("test", d.test, test_df, task.texts(test_df, d.test), targets)
     return splits
+
+
+def _require(df: pd.DataFrame, task: Task, path: str) -> None:
+    """Every input and target column the task reads must exist (the error names the recipe key)."""
+    for col, key in {**task.input_columns(), **task.target_columns(df)}.items():
+        require_columns(df, [col], path, key)
 
 
 def data_hashes(recipe: Recipe) -> dict[str, str]:

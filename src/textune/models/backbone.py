@@ -41,8 +41,14 @@ def _hub_kwargs(name: str, allow_network: bool) -> dict[str, Any]:
 
 
 def _load(loader, name: str, allow_network: bool, what: str, **kwargs):
+    from safetensors import SafetensorError
+
     try:
         return loader(name, **_hub_kwargs(name, allow_network), **kwargs)
+    except SafetensorError as exc:  # a truncated or corrupted weights file
+        raise TextuneError(
+            f"model.name: the weights in {name} are unreadable ({str(exc).splitlines()[0]}); download them again"
+        ) from None
     except OSError as exc:
         if Path(name).exists():
             raise TextuneError(f"model.name: cannot load the {what} from {name} ({str(exc).splitlines()[0]})") from None

@@ -112,8 +112,62 @@ def build_from_config(recipe: Recipe, task_kwargs: dict[str, Any]) -> tuple[torc
     return apply_peft(build, recipe.model.peft)
 
 
-def build_model(recipe: Recipe, task_kwargs: dict[str, Any]) -> tuple[torch.nn.Module, PeftReport]:
-    """The pretrained backbone with a fresh head (seeded), wrapped with PEFT if the recipe asks."""
+def fusion_spec(recipe: Recipe, task, featurizer) -> dict[str, Any] | None:
+    """The fusion head's shape, or None when the recipe has no tabular features (plain HF head)."""
+    if featurizer is None:
+        return None
+    head = recipe.features.head
+    return {
+        "numeric_dim": featurizer.numeric_dim,
+        "cardinalities": featurizer.cardinalities,
+        "num_outputs": task.num_outputs,
+        "widths": head.widths,
+        "dropout": head.dropout,
+        "layer_norm": head.layer_norm,
+        "pooling": head.pooling,
+    }
+
+
+def _load_fusion(recipe: Recipe, spec: dict[str, Any]) -> torch.nn.Module:
+    from transformers import AutoModel
+
+    from textune.models.backbone import apply_dropout, resolve_model_path
+    from textune.models.fusion import FusionModel
+
+    path = resolve_model_path(recipe.model.name)
+    config = load_config(path, recipe.model.allow_network, recipe.model.trust_remote_code)
+    apply_dropout(config, recipe.model.dropout)
+    kwargs = {} if Path(path).exists() or recipe.model.allow_network else {"local_files_only": True}
+    encoder = AutoModel.from_pretrained(path, config=config, trust_remote_code=recipe.model.trust_remote_code, **kwargs)
+    return FusionModel(encoder, spec)
+
+
+def load_model_dir(path: Path) -> torch.nn.Module:
+    """A saved model directory: the fusion model, or the architecture's own sequence-classification model."""
+    from transformers import AutoModelForSequenceClassification
+
+    from textune.models.fusion import FusionModel, is_fusion_dir
+
+    if is_fusion_dir(path):
+        return FusionModel.from_pretrained(path)
+    return AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True)
+
+
+def build_model(
+    recipe: Recipe, task_kwargs: dict[str, Any], fusion: dict[str, Any] | None = None
+) -> tuple[torch.nn.Module, PeftReport]:
+    """The pretrained backbone with a fresh head (seeded), wrapped with PEFT if the recipe asks.
+
+    With ``fusion`` (see :func:`fusion_spec`) the head is the text + tabular fusion MLP instead.
+    """
+    if fusion is not None:
+        if recipe.model.peft.method != "none":
+            raise TextuneError(
+                "model.peft: LoRA together with tabular features (fusion head) is not supported yet; "
+                "set model.peft.method: none or remove the features section"
+            )
+        seed_everything(recipe.train.seed)
+        return _load_fusion(recipe, fusion), PeftReport(method="none")
 
     def build() -> torch.nn.Module:
         seed_everything(recipe.train.seed)  # same head initialisation whatever ran before

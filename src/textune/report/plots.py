@@ -71,3 +71,23 @@ def plot_confusion(cm: np.ndarray, labels: list[str], path: Path) -> Path:
             )
     ax.set_title("Confusion matrix (validation)")
     return _save(fig, path)
+
+
+def plot_regression(pred: np.ndarray, true: np.ndarray, out_dir: Path) -> list[Path]:
+    """Predicted vs true (log axes when all values are positive) and the residuals' histogram."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(true, pred, s=6, alpha=0.4)
+    lo, hi = float(min(true.min(), pred.min())), float(max(true.max(), pred.max()))
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1)
+    if lo > 0:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    ax.set_xlabel("true")
+    ax.set_ylabel("predicted")
+    ax.set_title("Predicted vs true (validation)")
+    scatter = _save(fig, out_dir / "pred_vs_true.png")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.hist(pred - true, bins=50)
+    ax.set_xlabel("predicted - true")
+    ax.set_title("Residuals (validation)")
+    return [scatter, _save(fig, out_dir / "residuals.png")]

@@ -4,12 +4,30 @@ from __future__ import annotations
 
 from textune.tasks.base import Task
 from textune.tasks.classification import ClassificationTask
+from textune.tasks.multilabel import MultilabelTask
+from textune.tasks.ordinal import OrdinalTask
+from textune.tasks.preference import PreferenceTask
+from textune.tasks.regression import RegressionTask
 
-_REGISTRY: dict[str, type[Task]] = {"classification": ClassificationTask}
+_REGISTRY: dict[str, type[Task]] = {
+    "classification": ClassificationTask,
+    "regression": RegressionTask,
+    "ordinal": OrdinalTask,
+    "preference": PreferenceTask,
+    "multilabel": MultilabelTask,
+}
 
 
 def get_task(name: str) -> type[Task]:
     return _REGISTRY[name]
 
 
-__all__ = ["Task", "ClassificationTask", "get_task"]
+__all__ = [
+    "Task",
+    "ClassificationTask",
+    "MultilabelTask",
+    "OrdinalTask",
+    "PreferenceTask",
+    "RegressionTask",
+    "get_task",
+]

@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from textune.data.io import render_texts, template_columns
+from textune.errors import TextuneError
 from textune.recipe import Recipe
 
 
@@ -19,6 +21,8 @@ class Task(ABC):
     name: str
     main_metric: str
     greater_is_better: bool = True
+    # validation metrics drawn in plots/metrics.png (same scale, so they share one axis)
+    curve_metrics: tuple[str, ...] = ()
 
     def __init__(self, recipe: Recipe):
         self.recipe = recipe
@@ -65,3 +69,86 @@ class Task(ABC):
 
     def load_state(self, state: dict[str, Any]) -> None:  # noqa: B027 (optional hook)
         pass
+
+    # -- inputs: defaults serve every one-text task (and text pairs); preference overrides them ---------------
+    def input_columns(self) -> dict[str, str]:
+        """Columns the model reads, each mapped to the recipe key that names it (for error messages)."""
+        d = self.recipe.data
+        cols = {c: "data.text" for c in template_columns(d.text)}
+        if d.text_pair:
+            cols.update({c: "data.text_pair" for c in template_columns(d.text_pair)})
+        return cols
+
+    def target_columns(self, df: pd.DataFrame | None = None) -> dict[str, str]:
+        """Columns holding the targets, each mapped to its recipe key."""
+        return {self.recipe.data.label: "data.label"}
+
+    def texts(self, df: pd.DataFrame, path: str | Path) -> list[str]:
+        """One flat string per row: what `check` measures and the TF-IDF baseline reads."""
+        fields = self.fields(df, path)
+        return fields[0] if len(fields) == 1 else ["\n\n".join(parts) for parts in zip(*fields, strict=True)]
+
+    def fields(self, df: pd.DataFrame, path: str | Path) -> list[list[str]]:
+        """The text fields of each row that the model sees as segments (one, or two for a pair)."""
+        d = self.recipe.data
+        out = [render_texts(df, d.text, path)]
+        if d.text_pair:
+            out.append(render_texts(df, d.text_pair, path, key="data.text_pair"))
+        return out
+
+    def encoding_policy(self) -> dict[str, Any] | None:
+        """How fields are cut to max_length; None keeps the plain one-text path (and its token cache)."""
+        d = self.recipe.data
+        if not d.text_pair and d.truncation == "head":
+            return None
+        return {"side": d.truncation, "head": d.head_tokens, "pair": d.pair_truncation, "shares": d.field_shares}
+
+    def encode(self, tokenizer, inputs: pd.DataFrame | list[str], path: str | Path = "input", train: bool = False):
+        """Token ids of every input row (a DataFrame, or already-rendered texts of a one-text task).
+
+        Args:
+            tokenizer: the model's tokenizer.
+            inputs: rows with the input columns, or a list of texts.
+            path: file named in error messages.
+            train: whether these rows are trained on (a task may add augmented rows).
+        """
+        from textune.data.tokenize import encode_fields, tokenize
+
+        policy = self.encoding_policy()
+        if isinstance(inputs, pd.DataFrame):
+            fields = self.fields(inputs, path)
+        else:
+            if self.recipe.data.text_pair:
+                raise TextuneError(
+                    f"{path}: this run reads text pairs (data.text_pair); pass a DataFrame with the columns "
+                    f"{', '.join(self.input_columns())}"
+                )
+            fields = [[str(t) for t in inputs]]
+        if policy is None:
+            return tokenize(tokenizer, fields[0], self.recipe.data.max_length)[0]
+        return encode_fields(tokenizer, fields, self.recipe.data.max_length, policy)[0]
+
+    def encode_split(self, tokenizer, split) -> None:
+        """Sets ``split.encoded``; for train, targets follow the encoded rows when a task adds rows."""
+        split.encoded = self.encode(tokenizer, split.df, split.path, train=split.name == "train")
+        if split.name == "train" and split.targets is not None and split.encoded.doc is not None:
+            split.targets = self.row_targets(split.targets, split.encoded)
+
+    def row_targets(self, targets: np.ndarray, encoded) -> np.ndarray:
+        """Targets of encoded rows that are copies or windows of input rows (``encoded.doc``)."""
+        return targets if encoded.doc is None else targets[encoded.doc]
+
+    def combine_outputs(self, outputs: np.ndarray, encoded) -> np.ndarray:
+        """One output row per input row from the model's outputs on ``encoded`` (averaging copies, pooling
+        windows); the default: one encoded row per input row, unchanged."""
+        return outputs
+
+    def fit_calibration(self, outputs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+        """Fits post-hoc state on validation outputs (temperature, thresholds); saved in ``state()``.
+
+        Returns:
+            Numbers worth reporting about the fit (empty when the task has nothing to fit).
+        """
+        return {}
+
+    submission_proba: bool = False  # True: `predict` writes probabilities even without --proba

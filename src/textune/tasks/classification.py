@@ -35,6 +35,7 @@ def _label_strings(series: pd.Series) -> pd.Series:
 class ClassificationTask(Task):
     name = "classification"
     main_metric = "accuracy"
+    curve_metrics = ("accuracy", "precision_macro", "recall_macro", "f1_macro")
 
     def __init__(self, recipe):
         super().__init__(recipe)
@@ -43,7 +44,8 @@ class ClassificationTask(Task):
 
     # -- fitting ---------------------------------------------------------------------------------------------
     def _check_missing(self, labels: pd.Series, path: str | Path, split: str) -> None:
-        missing = labels.isna() | (labels.astype(str).str.strip() == "")
+        # "nan" is what str() of a float NaN gives (numpy/Excel exports): a missing label, not a class
+        missing = labels.isna() | labels.astype(str).str.strip().str.lower().isin(["", "nan"])
         if missing.any():
             rows = (np.flatnonzero(missing.to_numpy()) + 2).tolist()  # +2: 1-based and the header line
             shown = ", ".join(map(str, rows[:5])) + (" ..." if len(rows) > 5 else "")

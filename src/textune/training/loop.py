@@ -24,10 +24,10 @@ from tqdm.auto import tqdm
 from textune import _atomic
 from textune.data.batching import collate, train_batches
 from textune.data.prepare import Split, data_hashes, load_splits
-from textune.data.tokenize import tokenize
 from textune.errors import TextuneError
 from textune.models.backbone import load_tokenizer
-from textune.models.build import build_model, finalize_model, save_best
+from textune.data.features import Featurizer, attach_features
+from textune.models.build import build_model, finalize_model, fusion_spec, load_model_dir, save_best
 from textune.models.peft import count_total, count_trainable, parameter_table
 from textune.predict import infer_logits, pad_id_of
 from textune.recipe import Recipe, dump_recipe, recipe_from_dict
@@ -95,6 +95,16 @@ def _accelerator(requested: str) -> Accelerator:
     return Accelerator(mixed_precision=precision)
 
 
+# metrics where lower is better; any other metric is maximised unless early_stopping.mode says otherwise
+_LOWER_IS_BETTER = ("loss", "log_loss", "mae", "rmse", "rmsle", "smape", "mse")
+
+
+def _direction(metric: str, task: Task) -> str:
+    if metric == task.main_metric:
+        return "max" if task.greater_is_better else "min"
+    return "min" if metric in _LOWER_IS_BETTER or metric.endswith("_error") else "max"
+
+
 def _is_better(value: float, best: float | None, mode: str) -> bool:
     if best is None:
         return True
@@ -102,14 +112,17 @@ def _is_better(value: float, best: float | None, mode: str) -> bool:
 
 
 def _prediction_frame(task: Task, split: Split, logits: np.ndarray, id_col: str | None) -> pd.DataFrame:
-    frame = task.predictions(logits)
-    frame.columns = [f"pred_{c}" for c in frame.columns]
+    """id, true target column(s) when known, ``pred_*`` and (for probabilistic tasks) ``proba_*`` columns."""
+    preds = task.predictions(logits)
     probs = task.predictions(logits, proba=True)
-    probs.columns = [f"proba_{c}" for c in probs.columns]
-    frame = pd.concat([frame, probs], axis=1)
+    parts = [preds.add_prefix("pred_")]
+    if list(probs.columns) != list(preds.columns):  # regression has no probabilities
+        parts.append(probs.add_prefix("proba_"))
+    frame = pd.concat(parts, axis=1)
     frame.insert(0, id_col or "row", split.ids(id_col))
-    if split.targets is not None and task.recipe.data.label in split.df.columns:
-        frame.insert(1, task.recipe.data.label, split.df[task.recipe.data.label].reset_index(drop=True))
+    if split.targets is not None:
+        for i, col in enumerate(c for c in task.target_columns(split.df) if c in split.df.columns):
+            frame.insert(1 + i, col, split.df[col].reset_index(drop=True))
     return frame
 
 
@@ -174,7 +187,7 @@ def train(
     tokenizer = load_tokenizer(recipe.model.name, recipe.model.allow_network, recipe.model.trust_remote_code)
     t0 = time.perf_counter()
     for split in splits.values():
-        split.encoded, _ = tokenize(tokenizer, split.texts, recipe.data.max_length)
+        task.encode_split(tokenizer, split)
     tokenize_s = time.perf_counter() - t0
     if resume is None:
         run_dir = Path(out) if out else new_run_dir(recipe.output.dir, recipe.output.name, recipe._stem)
@@ -214,7 +227,11 @@ def _train_in(
 
     # 2. Model, optimizer, schedule. Seeded again so the head's initialisation does not depend on data loading.
     seed_everything(cfg.seed)
-    model, peft_report = build_model(recipe, task.model_kwargs())
+    featurizer = None
+    if recipe.features.enabled:
+        featurizer = Featurizer(recipe.features)
+        attach_features(featurizer, splits)  # statistics from train only
+    model, peft_report = build_model(recipe, task.model_kwargs(), fusion_spec(recipe, task, featurizer))
     params = {
         "total": count_total(model),
         "trainable": count_trainable(model),
@@ -233,9 +250,7 @@ def _train_in(
     model, optimizer = accelerator.prepare(model, optimizer)
     pad_id = pad_id_of(tokenizer)
     main_metric = cfg.early_stopping.metric or task.main_metric
-    mode = cfg.early_stopping.mode or ("max" if task.greater_is_better or main_metric != "loss" else "min")
-    if main_metric.endswith("loss") and cfg.early_stopping.mode is None:
-        mode = "min"
+    mode = cfg.early_stopping.mode or _direction(main_metric, task)
     eval_every = cfg.eval_every or steps_per_epoch
     ckpt_every = cfg.checkpoint_every or eval_every
     metrics_path = run_dir / "metrics.jsonl"
@@ -264,10 +279,15 @@ def _train_in(
         run_dir.mkdir(parents=True, exist_ok=True)
         _atomic.write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
         _atomic.write_json(run_dir / "labels.json", task.state())
+        if featurizer is not None:
+            _atomic.write_json(run_dir / "features.json", featurizer.to_dict())
         metrics_path.write_text("")
 
     def evaluate() -> dict[str, float]:
-        logits = infer_logits(model, valid_split.encoded, cfg.eval_batch_size, device, pad_id, precision)
+        logits = infer_logits(
+            model, valid_split.encoded, cfg.eval_batch_size, device, pad_id, precision, valid_split.extras
+        )
+        logits = task.combine_outputs(logits, valid_split.encoded)
         metrics = task.metrics(logits, valid_split.targets)
         with torch.no_grad():
             metrics["loss"] = float(task.loss(torch.from_numpy(logits), torch.from_numpy(valid_split.targets)))
@@ -286,7 +306,10 @@ def _train_in(
         unit="step",
         dynamic_ncols=True,
     )
-    window_loss, window_n, t_window = 0.0, 0, time.perf_counter()
+    # The logged train loss averages the steps since the last log; the checkpoint carries that window so a
+    # resumed run logs the same numbers as an uninterrupted one.
+    window_loss, window_n = state.get("log_window", (0.0, 0))
+    t_window = time.perf_counter()
     stop = state["done"]
     while not stop and state["step"] < total_steps:
         batches = train_batches(lengths, cfg.batch_size, cfg.seed, state["epoch"], cfg.group_by_length)
@@ -301,7 +324,8 @@ def _train_in(
         n_group = sum(len(mb) for mb in group)
         step_loss = 0.0
         for j, mb in enumerate(group):
-            batch = {k: v.to(device, non_blocking=True) for k, v in collate(train_split.encoded, mb, pad_id).items()}
+            micro = collate(train_split.encoded, mb, pad_id, train_split.extras)
+            batch = {k: v.to(device, non_blocking=True) for k, v in micro.items()}
             targets = torch.from_numpy(train_split.targets[mb]).to(device)
             # no_sync: under several processes, gradients are all-reduced once per step, not per micro-batch
             sync = j == len(group) - 1
@@ -329,6 +353,7 @@ def _train_in(
         state["train_seconds"] += time.perf_counter() - t_step
         window_loss += step_loss
         window_n += 1
+        state["log_window"] = (window_loss, window_n)
         bar.update(1)
         bar.set_postfix(
             loss=f"{step_loss:.4f}", samples_s=f"{state['samples'] / max(state['train_seconds'], 1e-9):.1f}"
@@ -347,6 +372,7 @@ def _train_in(
             }
             _atomic.append_jsonl(metrics_path, rec)
             window_loss, window_n, t_window = 0.0, 0, time.perf_counter()
+            state["log_window"] = (0.0, 0)
         evaluated = False
         if state["step"] % eval_every == 0 or at_end or (cfg.eval_every is None and end_of_epoch):
             metrics = evaluate()
@@ -409,11 +435,9 @@ def _finish(
     main_metric: str,
     params: dict[str, Any],
 ) -> Path:
-    from transformers import AutoModelForSequenceClassification
-
     cfg = recipe.train
     finalize_model(run_dir, recipe, task.model_kwargs())
-    best = AutoModelForSequenceClassification.from_pretrained(run_dir / "model", local_files_only=True).to(device)
+    best = load_model_dir(run_dir / "model").to(device)
     pad_id = pad_id_of(tokenizer)
     results: dict[str, dict[str, float]] = {}
     t0 = time.perf_counter()
@@ -421,7 +445,10 @@ def _finish(
     for name, split in splits.items():
         if name == "train":
             continue
-        logits = infer_logits(best, split.encoded, cfg.eval_batch_size, device, pad_id, precision)
+        logits = infer_logits(best, split.encoded, cfg.eval_batch_size, device, pad_id, precision, split.extras)
+        logits = task.combine_outputs(logits, split.encoded)
+        if name == "validation" and split.targets is not None and task.fit_calibration(logits, split.targets):
+            _atomic.write_json(run_dir / "labels.json", task.state())  # with the fitted temperature/thresholds
         if split.targets is not None:
             results[name] = task.metrics(logits, split.targets)
         if name == "validation":
@@ -432,9 +459,7 @@ def _finish(
     history = read_history(run_dir / "metrics.jsonl")
     plots = run_dir / "plots"
     plot_loss(history, plots / "loss.png")
-    names = [
-        n for n in ("accuracy", "precision_macro", "recall_macro", "f1_macro") if n in results.get("validation", {})
-    ]
+    names = [n for n in task.curve_metrics if n in (results.get("validation") or {})]
     plot_metrics(history, names or [main_metric], plots / "metrics.png")
     task.plots(plots, valid_logits, splits["validation"].targets)
 

@@ -1,0 +1,106 @@
+"""Text + tabular fusion: pooled encoder output concatenated with features, then an MLP head.
+
+Saved as a Hugging Face encoder directory (``encoder/``) plus ``fusion.safetensors`` and ``fusion.json``, so that the
+encoder part stays loadable by any Hugging Face tool.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+FUSION_JSON = "fusion.json"
+
+
+class FusionHead(nn.Module):
+    def __init__(
+        self,
+        text_dim: int,
+        numeric_dim: int,
+        cardinalities: list[int],
+        num_outputs: int,
+        widths: list[int],
+        dropout: float,
+        layer_norm: bool,
+    ):
+        super().__init__()
+        # embedding width grows slowly with the number of categories (the fastai rule of thumb, capped)
+        self.embeddings = nn.ModuleList(nn.Embedding(n, min(32, round(1.6 * n**0.56))) for n in cardinalities)
+        width = text_dim + numeric_dim + sum(e.embedding_dim for e in self.embeddings)
+        layers: list[nn.Module] = []
+        for w in widths:
+            layers += (
+                [nn.Linear(width, w)] + ([nn.LayerNorm(w)] if layer_norm else []) + [nn.GELU(), nn.Dropout(dropout)]
+            )
+            width = w
+        layers.append(nn.Linear(width, num_outputs))
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self, text: torch.Tensor, numeric: torch.Tensor | None, categorical: torch.Tensor | None):
+        parts = [text]
+        if numeric is not None and numeric.shape[1]:
+            parts.append(numeric.to(text.dtype))
+        if categorical is not None:
+            parts += [emb(categorical[:, j]).to(text.dtype) for j, emb in enumerate(self.embeddings)]
+        return self.mlp(torch.cat(parts, dim=1))
+
+
+class FusionModel(nn.Module):
+    """``encoder`` (an AutoModel) + ``fusion`` head. ``forward`` returns an object with ``.logits``."""
+
+    def __init__(self, encoder: nn.Module, spec: dict[str, Any]):
+        super().__init__()
+        self.encoder = encoder
+        self.config = encoder.config  # PEFT and Accelerate look for .config
+        self.spec = spec
+        self.fusion = FusionHead(
+            encoder.config.hidden_size,
+            spec["numeric_dim"],
+            spec["cardinalities"],
+            spec["num_outputs"],
+            spec["widths"],
+            spec["dropout"],
+            spec["layer_norm"],
+        )
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None, numeric=None, categorical=None, **_: Any):
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None and getattr(self.config, "type_vocab_size", 0):
+            kwargs["token_type_ids"] = token_type_ids
+        hidden = self.encoder(**kwargs).last_hidden_state
+        if self.spec["pooling"] == "cls":
+            pooled = hidden[:, 0]
+        else:
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return SequenceClassifierOutput(logits=self.fusion(pooled, numeric, categorical))
+
+    def save_pretrained(self, path: str | Path, **kwargs: Any) -> None:
+        path = Path(path)
+        self.encoder.save_pretrained(path / "encoder", **kwargs)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.fusion.state_dict().items()}
+        save_file(state, path / "fusion.safetensors")
+        (path / FUSION_JSON).write_text(json.dumps(self.spec, indent=1))
+        # a config.json at the top marks a complete model directory (the run directory checks for it)
+        self.config.save_pretrained(path)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> FusionModel:
+        from transformers import AutoModel
+
+        path = Path(path)
+        spec = json.loads((path / FUSION_JSON).read_text())
+        encoder = AutoModel.from_pretrained(path / "encoder", local_files_only=True)
+        model = cls(encoder, spec)
+        model.fusion.load_state_dict(load_file(path / "fusion.safetensors"))
+        return model
+
+
+def is_fusion_dir(path: str | Path) -> bool:
+    return (Path(path) / FUSION_JSON).is_file()
