@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from textune.data.io import template_columns
 from textune.data.prepare import load_splits
 from textune.data.tokenize import CHARS_PER_TOKEN_CAP
 from textune.models.backbone import load_tokenizer
@@ -19,6 +20,13 @@ def token_lengths(tokenizer, texts: list[str], max_length: int, batch: int = 204
         enc = tokenizer([t[:cap] for t in texts[i : i + batch]], truncation=False, add_special_tokens=True)
         out.extend(len(ids) for ids in enc["input_ids"])
     return np.asarray(out, dtype=np.int64)
+
+
+def empty_texts(df, template: str | list[str]) -> int:
+    """Rows whose text columns are all blank (a template's literal glue, like '{title}. {body}', is not text)."""
+    cols = template if isinstance(template, list) else template_columns(template)
+    blank = df[cols].fillna("").astype(str).apply(lambda c: c.str.strip() == "")
+    return int(blank.all(axis=1).sum())
 
 
 def check_recipe(recipe: Recipe) -> dict:
@@ -42,11 +50,11 @@ def check_recipe(recipe: Recipe) -> dict:
         info = {
             "rows": len(split.df),
             "path": split.path,
-            "empty_texts": int(sum(1 for t in split.texts if not t.strip())),
+            "empty_texts": empty_texts(split.df, list(task.input_columns())),
             "token_length_percentiles": {f"p{q}": int(np.percentile(lengths, q)) for q in (50, 90, 95, 99, 100)},
             "truncated": int((lengths > recipe.data.max_length).sum()),
         }
-        if split.targets is not None and labels:
+        if split.targets is not None and labels and split.targets.ndim == 1:
             counts = np.bincount(split.targets, minlength=len(labels))
             info["label_counts"] = {lab: int(c) for lab, c in zip(labels, counts, strict=True)}
         report["splits"][name] = info
@@ -64,6 +72,7 @@ def format_report(report: dict) -> str:
             + f"; {info['truncated']} truncated at {report['max_length']}"
             + f" ({100 * info['truncated'] / max(info['rows'], 1):.1f}%)"
         )
+        # Empty texts are allowed (the model sees only special tokens) but worth knowing about.
         lines.append(f"  empty texts: {info['empty_texts']}")
         if "label_counts" in info:
             lines.append("  labels: " + ", ".join(f"{k} {v}" for k, v in info["label_counts"].items()))

@@ -15,6 +15,11 @@ class TextuneError(Exception):
 
     exit_code = 2
 
+    def __init__(self, message: str = "") -> None:
+        # One line, always: a path or a parser message with a newline in it must not split the CLI's error line.
+        # (splitlines: also \r, \v, \f, \x1c-\x1e, \x85, \u2028, \u2029, which a file's column names may hold).
+        super().__init__(" ".join(str(message).splitlines()))
+
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """Returns a ``" (did you mean 'x'?)"`` hint, or ``""`` when nothing is close."""

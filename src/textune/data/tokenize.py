@@ -43,6 +43,9 @@ class Encoded:
 
     def __init__(self, ids: np.ndarray, offsets: np.ndarray, type_ids: np.ndarray | None = None):
         self.ids, self.offsets, self.type_ids = ids, offsets, type_ids
+        # When rows are not one per input (swapped copies, windows): the input row and the variant of each row.
+        self.doc: np.ndarray | None = None
+        self.variant: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -118,4 +121,179 @@ def tokenize(tokenizer, texts: list[str], max_length: int, use_cache: bool = Tru
             encoded.save(path)
         except OSError:
             pass  # an unwritable cache only costs time
+    return encoded, False
+
+
+def concat(parts: list[Encoded]) -> Encoded:
+    """Rows of ``parts`` one after another; ``doc``/``variant`` say which input row and which part each came from."""
+    ids = np.concatenate([p.ids for p in parts])
+    lengths = np.concatenate([p.lengths for p in parts])
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    types = None
+    if all(p.type_ids is not None for p in parts):
+        types = np.concatenate([p.type_ids for p in parts])
+    out = Encoded(ids, offsets, types)
+    out.doc = np.concatenate([np.arange(len(p)) if p.doc is None else p.doc for p in parts])
+    out.variant = np.concatenate([np.full(len(p), k, dtype=np.int64) for k, p in enumerate(parts)])
+    return out
+
+
+def allocate(lengths: list[int], budget: int, shares: list[float]) -> list[int]:
+    """Tokens kept per field: each field gets its share of ``budget``; what a short field leaves unused goes to
+    the others by their shares (water-filling). Equal shares give exactly 'longest_first'."""
+    keep = [0] * len(lengths)
+    open_ = [i for i, n in enumerate(lengths) if n > 0]
+    left = max(budget, 0)
+    while open_ and left > 0:
+        total = sum(shares[i] for i in open_) or 1.0
+        quota = {i: int(left * shares[i] / total) for i in open_}
+        done = [i for i in open_ if lengths[i] - keep[i] <= quota[i]]
+        if not done:
+            for i in open_:
+                keep[i] += quota[i]
+            left -= sum(quota.values())
+            # rounding leaves a few tokens: hand them out one by one, in field order
+            for i in open_:
+                if left <= 0:
+                    break
+                if keep[i] < lengths[i]:
+                    keep[i] += 1
+                    left -= 1
+            break
+        for i in done:
+            left -= lengths[i] - keep[i]
+            keep[i] = lengths[i]
+        open_ = [i for i in open_ if i not in done]
+    return keep
+
+
+def _cut(enc, n: int, side: str, head: int | None):
+    """Keeps ``n`` tokens of one field's encoding: the first, the last, or the first H and the last n-H."""
+    import copy
+
+    from tokenizers import Encoding
+
+    if len(enc.ids) <= n:
+        return enc
+    if side == "head":
+        enc.truncate(n)
+    elif side == "tail":
+        enc.truncate(n, direction="left")
+    else:
+        h = min(n, n // 4 if head is None else head)
+        tail = copy.deepcopy(enc)
+        enc.truncate(h) if h > 0 else None
+        tail.truncate(n - h, direction="left")
+        enc = Encoding.merge([enc, tail]) if h > 0 else tail
+    return enc
+
+
+def _backend(tokenizer):
+    from textune.errors import TextuneError
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise TextuneError(
+            "data: text pairs, truncation other than 'head' and preference inputs need a fast tokenizer; "
+            "this model has none"
+        )
+    from tokenizers import Tokenizer
+
+    # A private copy: the model's tokenizer.json may carry padding/truncation settings that must not apply here.
+    backend = Tokenizer.from_str(backend.to_str())
+    backend.no_truncation()
+    backend.no_padding()
+    return backend
+
+
+def _encode_fields(tokenizer, fields: list[list[str]], max_length: int, policy: dict) -> Encoded:
+    backend = _backend(tokenizer)
+    post = backend.post_processor
+    n_fields = len(fields)
+    pair = n_fields >= 2
+    special = post.num_special_tokens_to_add(pair) if post is not None else 0
+    sep_token = getattr(tokenizer, "sep_token", None)
+    # A third field (preference's second response) is joined to the second by one separator token.
+    extra_sep = n_fields == 3 and sep_token is not None
+    budget = max_length - special - (1 if extra_sep else 0)
+    cap = max_length * CHARS_PER_TOKEN_CAP
+    encoded_fields = [backend.encode_batch([t[:cap] for t in f], add_special_tokens=False) for f in fields]
+    strategy = policy.get("pair", "longest_first")
+    shares = policy.get("shares") or [1.0] * n_fields
+    side, head = policy.get("side", "head"), policy.get("head")
+    with_types = "token_type_ids" in getattr(tokenizer, "model_input_names", [])
+    ids_parts, type_parts, lengths = [], [], []
+    for row in zip(*encoded_fields, strict=True):
+        lens = [len(e.ids) for e in row]
+        if n_fields == 2 and strategy in ("only_first", "only_second"):
+            # Cut only the named field; if the other alone is over budget it is cut too (never an error).
+            other = 1 if strategy == "only_first" else 0
+            keep = [0, 0]
+            keep[other] = min(lens[other], budget)
+            keep[1 - other] = min(lens[1 - other], budget - keep[other])
+        else:
+            keep = allocate(lens, budget, shares)
+        row = [_cut(e, k, side, head) for e, k in zip(row, keep, strict=True)]
+        if n_fields == 3:
+            from tokenizers import Encoding
+
+            parts = [row[1]]
+            if extra_sep:
+                parts.append(backend.encode(sep_token, add_special_tokens=False))
+            parts.append(row[2])
+            row = [row[0], Encoding.merge(parts)]
+        if post is not None:
+            enc = post.process(row[0], row[1] if pair else None, add_special_tokens=True)
+            seq, types = enc.ids, enc.type_ids
+        else:
+            seq = [i for e in row for i in e.ids]
+            types = [k for k, e in enumerate(row) for _ in e.ids]
+        ids_parts.append(np.asarray(seq[:max_length], dtype=np.int32))
+        type_parts.append(np.asarray(types[:max_length], dtype=np.int8))
+        lengths.append(min(len(seq), max_length))
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    ids = np.concatenate(ids_parts) if ids_parts else np.zeros(0, dtype=np.int32)
+    types = (np.concatenate(type_parts) if type_parts else np.zeros(0, dtype=np.int8)) if with_types else None
+    return Encoded(ids, offsets, types)
+
+
+def encode_fields(
+    tokenizer, fields: list[list[str]], max_length: int, policy: dict, use_cache: bool = True
+) -> tuple[Encoded, bool]:
+    """Encodes one to three text fields per row into one sequence of at most ``max_length`` tokens.
+
+    One field: ``policy['side']`` ('head', 'tail', 'head_tail' with ``policy['head']`` first tokens). Two fields:
+    a true sentence pair (token_type_ids where the model has them), cut by ``policy['pair']``
+    ('longest_first', 'only_first', 'only_second', 'share'). Three fields (prompt, response a, response b): the
+    prompt is the first segment, the responses the second, joined by a separator; each field keeps its
+    ``policy['shares']`` of the budget, so no field is cut away while another has room.
+
+    Returns:
+        ``(encoded, from_cache)``; the cache key covers every field's texts, the tokenizer, max_length and policy.
+    """
+    import json as _json
+
+    h = hashlib.sha256(_json.dumps(policy, sort_keys=True).encode())
+    for f in fields:
+        h.update(b"\x01field")
+        for t in f:
+            h.update(t.encode("utf-8", "surrogatepass"))
+            h.update(b"\x00")
+    key = f"f{len(fields)}-{h.hexdigest()[:24]}-{tokenizer_fingerprint(tokenizer)}-{max_length}"
+    path = cache_dir() / "tokens" / f"{key}.npz"
+    if use_cache and path.is_file():
+        try:
+            return Encoded.load(path), True
+        except (OSError, ValueError, KeyError):
+            path.unlink(missing_ok=True)
+    global MISSES
+    MISSES += 1
+    encoded = _encode_fields(tokenizer, fields, max_length, policy)
+    if use_cache:
+        try:
+            encoded.save(path)
+        except OSError:
+            pass
     return encoded, False
