@@ -26,6 +26,22 @@ from textune.errors import TextuneError, did_you_mean
 TASKS = ("classification", "regression", "ordinal", "preference", "multilabel")
 
 
+def parse_duration(text: str | int | float) -> float:
+    """Seconds in '2h45m', '90m', '30s', '1.5h' or a bare number of seconds."""
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        if text <= 0:
+            raise ValueError(f"time budget {text!r} is not a positive duration; write e.g. 2h45m, 90m or 600s")
+        return float(text)
+    parts = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", str(text))
+    if not parts or not any(parts.groups()):
+        raise ValueError(f"'{text}' is not a duration; write e.g. 2h45m, 90m or 600s")
+    h, m, sec = (float(g) if g else 0.0 for g in parts.groups())
+    seconds = h * 3600 + m * 60 + sec
+    if seconds <= 0:
+        raise ValueError(f"'{text}' is not a positive duration; write e.g. 2h45m, 90m or 600s")
+    return seconds
+
+
 class _Section(BaseModel):
     # extra="forbid": a misspelt key is an error, never silently ignored.
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -50,7 +66,9 @@ class DataConfig(_Section):
     truncation: Literal["head", "tail", "head_tail"] = Field(
         "head", description="Which tokens of a long text are kept: the first, the last, or the first H and last T."
     )
-    head_tokens: int | None = Field(None, ge=0, description="head_tail: tokens kept from the start (default a quarter).")
+    head_tokens: int | None = Field(
+        None, ge=0, description="head_tail: tokens kept from the start (default a quarter)."
+    )
     pair_truncation: Literal["longest_first", "only_first", "only_second", "share"] = Field(
         "longest_first", description="How a text pair is cut to max_length ('share': data.field_shares per field)."
     )
@@ -178,6 +196,18 @@ class TrainConfig(_Section):
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping, description="Early stopping.")
     num_threads: int | None = Field(None, ge=1, description="CPU threads for torch; default: all cores.")
     progress: bool = Field(True, description="Show a progress bar.")
+    time_budget: str | None = Field(
+        None, description="Stop cleanly before this much training time (e.g. '2h45m'); resumable with --resume."
+    )
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward: less memory.")
+    compile: bool = Field(False, description="torch.compile the model (pays a compile time up front).")
+
+    @field_validator("time_budget")
+    @classmethod
+    def _duration(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_duration(v)
+        return v
 
 
 class OutputConfig(_Section):
@@ -282,19 +312,6 @@ class TuneConfig(_Section):
                 raise ValueError(f"unknown recipe key '{key}'{did_you_mean(key, valid)}; tune a key like train.lr")
             out[key] = _check_spec(key, spec)
         return out
-
-
-def parse_duration(value: str | float | int) -> float:
-    """Seconds in ``'2h'``, ``'30m'``, ``'90s'``, ``'1.5h'`` or a plain number of seconds."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    text = str(value).strip().lower()
-    try:
-        seconds = float(text[:-1]) * units[text[-1]] if text and text[-1] in units else float(text)
-    except ValueError:
-        seconds = -1.0
-    if not seconds > 0:
-        raise ValueError(f"time budget {value!r} is not a positive duration; write e.g. '2h', '30m' or 900")
-    return seconds
 
 
 class Recipe(_Section):

@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,14 +24,14 @@ from tqdm.auto import tqdm
 
 from textune import _atomic
 from textune.data.batching import collate, train_batches
+from textune.data.features import Featurizer, attach_features
 from textune.data.prepare import Split, data_hashes, load_splits
 from textune.errors import TextuneError
 from textune.models.backbone import load_tokenizer
-from textune.data.features import Featurizer, attach_features
 from textune.models.build import build_model, finalize_model, fusion_spec, load_model_dir, save_best
 from textune.models.peft import count_total, count_trainable, parameter_table
 from textune.predict import infer_logits, pad_id_of
-from textune.recipe import Recipe, dump_recipe, recipe_from_dict
+from textune.recipe import Recipe, dump_recipe, parse_duration, recipe_from_dict
 from textune.report.plots import plot_loss, plot_metrics
 from textune.rundir import RunLock, new_run_dir, write_manifest
 from textune.tasks import Task, get_task
@@ -247,7 +248,13 @@ def _train_in(
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     optimizer = build_optimizer(model, cfg, device)
     scheduler = build_scheduler(optimizer, cfg, total_steps)
+    if cfg.gradient_checkpointing:
+        (model.encoder if hasattr(model, "fusion") else model).gradient_checkpointing_enable()
     model, optimizer = accelerator.prepare(model, optimizer)
+    if cfg.compile:
+        model = torch.compile(model)
+    budget_s = parse_duration(cfg.time_budget) if cfg.time_budget else None
+    t_start = time.perf_counter()
     pad_id = pad_id_of(tokenizer)
     main_metric = cfg.early_stopping.metric or task.main_metric
     mode = cfg.early_stopping.mode or _direction(main_metric, task)
@@ -293,6 +300,19 @@ def _train_in(
             metrics["loss"] = float(task.loss(torch.from_numpy(logits), torch.from_numpy(valid_split.targets)))
         return metrics
 
+    def validate() -> None:
+        """Evaluates, logs, tells the callbacks and keeps the best weights so far."""
+        metrics = evaluate()
+        _atomic.append_jsonl(metrics_path, {"step": state["step"], "split": "validation", **metrics})
+        for cb in callbacks:
+            cb.on_evaluate(state["step"], metrics)
+        if _is_better(metrics[main_metric], state["best"], mode):
+            state.update(best=metrics[main_metric], best_step=state["step"], bad_evals=0)
+            if accelerator.is_main_process:
+                save_best(accelerator.unwrap_model(model), tokenizer, run_dir)
+        else:
+            state["bad_evals"] += 1
+
     def checkpoint() -> None:
         if accelerator.is_main_process:
             save_checkpoint(ckpt_dir, accelerator.unwrap_model(model), optimizer, scheduler, state)
@@ -302,6 +322,8 @@ def _train_in(
         total=total_steps,
         initial=state["step"],
         disable=not cfg.progress,
+        # in a log file (not a terminal) a bar redrawn ten times a second floods it: redraw every 30 s
+        mininterval=0.1 if sys.stderr.isatty() else 30,
         desc="train",
         unit="step",
         dynamic_ncols=True,
@@ -311,6 +333,7 @@ def _train_in(
     window_loss, window_n = state.get("log_window", (0.0, 0))
     t_window = time.perf_counter()
     stop = state["done"]
+    first_step = state["step"]
     while not stop and state["step"] < total_steps:
         batches = train_batches(lengths, cfg.batch_size, cfg.seed, state["epoch"], cfg.group_by_length)
         groups = [batches[i : i + cfg.grad_accum] for i in range(0, len(batches), cfg.grad_accum)]
@@ -373,31 +396,31 @@ def _train_in(
             _atomic.append_jsonl(metrics_path, rec)
             window_loss, window_n, t_window = 0.0, 0, time.perf_counter()
             state["log_window"] = (0.0, 0)
-        evaluated = False
-        if state["step"] % eval_every == 0 or at_end or (cfg.eval_every is None and end_of_epoch):
-            metrics = evaluate()
-            evaluated = True
-            _atomic.append_jsonl(metrics_path, {"step": state["step"], "split": "validation", **metrics})
-            for cb in callbacks:
-                cb.on_evaluate(state["step"], metrics)
-            value = metrics[main_metric]
-            if _is_better(value, state["best"], mode):
-                state.update(best=value, best_step=state["step"], bad_evals=0)
-                if accelerator.is_main_process:
-                    save_best(accelerator.unwrap_model(model), tokenizer, run_dir)
-            else:
-                state["bad_evals"] += 1
-            patience = cfg.early_stopping.patience
-            if patience is not None and state["bad_evals"] >= patience:
+        evaluated = state["step"] % eval_every == 0 or at_end or (cfg.eval_every is None and end_of_epoch)
+        if evaluated:
+            validate()
+        patience = cfg.early_stopping.patience
+        early = evaluated and patience is not None and state["bad_evals"] >= patience
+        if early:
+            log.info(
+                "early stopping at step %d: no %s improvement in %d evaluations", state["step"], main_metric, patience
+            )
+        out_of_time = False
+        if budget_s is not None and not (at_end or early):
+            # stop while there is time for one more step (the average so far) and the final evaluation
+            elapsed = time.perf_counter() - t_start
+            out_of_time = elapsed + 2 * elapsed / max(1, state["step"] - first_step) > budget_s
+            if out_of_time:
                 log.info(
-                    "early stopping at step %d: no %s improvement in %d evaluations",
+                    "train.time_budget %s: stopping at step %d with a resumable checkpoint (--resume)",
+                    cfg.time_budget,
                     state["step"],
-                    main_metric,
-                    patience,
                 )
-                stop = True
-        if at_end or stop:
-            state["done"] = True
+                if not evaluated:
+                    validate()
+                    evaluated = True
+        state["done"] = at_end or early
+        stop = state["done"] or out_of_time
         if evaluated or state["step"] % ckpt_every == 0 or state["done"] or interrupt.requested:
             checkpoint()
         for cb in callbacks:
