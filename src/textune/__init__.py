@@ -1,9 +1,32 @@
-"""textune: fine-tune transformer text encoders on tabular text data from one YAML recipe."""
+"""textune: fine-tune transformer text encoders on tabular text data from one YAML recipe.
+
+The public API is imported lazily, so that ``textune init`` or ``textune --help`` start without loading torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from textune.predict import Predictor, classify  # noqa: E402
-from textune.recipe import Recipe, load_recipe  # noqa: E402
-from textune.training.loop import train  # noqa: E402
+_API = {
+    "Predictor": "textune.predict",
+    "classify": "textune.predict",
+    "Recipe": "textune.recipe",
+    "load_recipe": "textune.recipe",
+    "train": "textune.training.loop",
+}
 
 __all__ = ["Predictor", "Recipe", "__version__", "classify", "load_recipe", "train"]
+
+if TYPE_CHECKING:
+    from textune.predict import Predictor, classify
+    from textune.recipe import Recipe, load_recipe
+    from textune.training.loop import train
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'textune' has no attribute {name!r}")

@@ -121,7 +121,7 @@ def _acquire_pidfile(lock: Path) -> None:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
             pid = _read_pid(lock)
-            if pid and pid != os.getpid() and _alive(pid):
+            if pid and pid != os.getpid() and pid_alive(pid):
                 raise _refuse(lock, pid) from None
             lock.unlink(missing_ok=True)  # stale: its owner is gone
             continue
@@ -130,7 +130,8 @@ def _acquire_pidfile(lock: Path) -> None:
         return None
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True while a process with this pid exists (on this machine)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -30,6 +30,7 @@ from textune import _atomic
 from textune.data import tokenize as tokenize_mod
 from textune.errors import TextuneError
 from textune.recipe import Recipe, apply_overrides, dump_recipe, load_recipe, parse_duration, recipe_from_dict
+from textune.rundir import pid_alive
 from textune.training.loop import Callback, TrainingInterrupted, train
 
 log = logging.getLogger(__name__)
@@ -98,16 +99,6 @@ def _host() -> str:
     except OSError:
         boot = ""
     return f"{socket.gethostname()}/{boot}" if boot else socket.gethostname()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _driver_url(url: str) -> str:
@@ -187,7 +178,7 @@ def _fail_dead_trials(study: optuna.Study) -> None:
     host = _host()
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         pid = t.user_attrs.get("pid")
-        if t.user_attrs.get("host") == host and isinstance(pid, int) and pid != os.getpid() and not _alive(pid):
+        if t.user_attrs.get("host") == host and isinstance(pid, int) and pid != os.getpid() and not pid_alive(pid):
             with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
                 study._storage.set_trial_user_attr(t._trial_id, "killed", True)
                 study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)

@@ -19,64 +19,40 @@ from textune.training.checkpoint import seed_everything
 log = logging.getLogger(__name__)
 
 # Architectures `textune params` can size with no files at all (config defaults as published).
+_ROBERTA = {
+    "vocab_size": 50265,
+    "max_position_embeddings": 514,
+    "type_vocab_size": 1,
+    "pad_token_id": 1,
+    "bos_token_id": 0,
+    "eos_token_id": 2,
+}
+_DEBERTA_V3 = {
+    "vocab_size": 128100,
+    "relative_attention": True,
+    "position_buckets": 256,
+    "pos_att_type": ["p2c", "c2p"],
+    "max_relative_positions": -1,
+    "position_biased_input": False,
+    "type_vocab_size": 0,
+    "norm_rel_ebd": "layer_norm",
+    "share_att_key": True,
+}
 KNOWN_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
-    "roberta-base": (
-        "roberta",
-        {
-            "vocab_size": 50265,
-            "max_position_embeddings": 514,
-            "type_vocab_size": 1,
-            "pad_token_id": 1,
-            "bos_token_id": 0,
-            "eos_token_id": 2,
-        },
-    ),
+    "roberta-base": ("roberta", _ROBERTA),
     "roberta-large": (
         "roberta",
         {
-            "vocab_size": 50265,
-            "max_position_embeddings": 514,
-            "type_vocab_size": 1,
+            **_ROBERTA,
             "hidden_size": 1024,
             "num_hidden_layers": 24,
             "num_attention_heads": 16,
             "intermediate_size": 4096,
-            "pad_token_id": 1,
         },
     ),
     "bert-base-uncased": ("bert", {}),
-    "microsoft/deberta-v3-small": (
-        "deberta-v2",
-        {
-            "vocab_size": 128100,
-            "hidden_size": 768,
-            "num_hidden_layers": 6,
-            "num_attention_heads": 12,
-            "intermediate_size": 3072,
-            "relative_attention": True,
-            "position_buckets": 256,
-            "pos_att_type": ["p2c", "c2p"],
-            "max_relative_positions": -1,
-            "position_biased_input": False,
-            "type_vocab_size": 0,
-            "norm_rel_ebd": "layer_norm",
-            "share_att_key": True,
-        },
-    ),
-    "microsoft/deberta-v3-base": (
-        "deberta-v2",
-        {
-            "vocab_size": 128100,
-            "relative_attention": True,
-            "position_buckets": 256,
-            "pos_att_type": ["p2c", "c2p"],
-            "max_relative_positions": -1,
-            "position_biased_input": False,
-            "type_vocab_size": 0,
-            "norm_rel_ebd": "layer_norm",
-            "share_att_key": True,
-        },
-    ),
+    "microsoft/deberta-v3-small": ("deberta-v2", {**_DEBERTA_V3, "num_hidden_layers": 6}),
+    "microsoft/deberta-v3-base": ("deberta-v2", _DEBERTA_V3),
     "google/electra-small-discriminator": (
         "electra",
         {"embedding_size": 128, "hidden_size": 256, "num_attention_heads": 4, "intermediate_size": 1024},
