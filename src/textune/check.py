@@ -54,6 +54,11 @@ def check_recipe(recipe: Recipe) -> dict:
             "token_length_percentiles": {f"p{q}": int(np.percentile(lengths, q)) for q in (50, 90, 95, 99, 100)},
             "truncated": int((lengths > recipe.data.max_length).sum()),
         }
+        if recipe.data.truncation != "head" and not recipe.data.text_pair and recipe.task != "preference":
+            # what the policy does with the texts over the window: which tokens stay, or how many windows
+            info["truncation"] = recipe.data.truncation
+            if recipe.data.truncation == "chunks":
+                info["windows"] = len(task.encode(tokenizer, split.df, split.path))
         if split.targets is not None and labels and split.targets.ndim == 1:
             counts = np.bincount(split.targets, minlength=len(labels))
             info["label_counts"] = {lab: int(c) for lab, c in zip(labels, counts, strict=True)}
@@ -72,6 +77,13 @@ def format_report(report: dict) -> str:
             + f"; {info['truncated']} truncated at {report['max_length']}"
             + f" ({100 * info['truncated'] / max(info['rows'], 1):.1f}%)"
         )
+        if "windows" in info:
+            lines.append(
+                f"  chunks: {info['windows']} windows of {report['max_length']} tokens for {info['rows']} texts "
+                f"({info['windows'] / max(info['rows'], 1):.2f} per text)"
+            )
+        elif "truncation" in info:
+            lines.append(f"  truncation {info['truncation']}: the {info['truncated']} longer texts keep those tokens")
         # Empty texts are allowed (the model sees only special tokens) but worth knowing about.
         lines.append(f"  empty texts: {info['empty_texts']}")
         if "label_counts" in info:

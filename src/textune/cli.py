@@ -13,8 +13,18 @@ from pathlib import Path
 from textune.errors import TextuneError
 
 
+class _Formatter(logging.Formatter):
+    """Notes print as they are; warnings and errors carry their level."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        msg = record.getMessage()
+        return msg if record.levelno <= logging.INFO else f"{record.levelname.lower()}: {msg}"
+
+
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(_Formatter())
     logging.getLogger("textune").setLevel(logging.INFO)  # textune's own notes (chosen rank, resume point)
     # Offline by default: nothing may reach for the hub unless a recipe allows it.
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")

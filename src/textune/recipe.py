@@ -63,8 +63,14 @@ class DataConfig(_Section):
     text_pair: str | None = Field(
         None, description="Second text column or template, encoded as a true sentence pair with data.text."
     )
-    truncation: Literal["head", "tail", "head_tail"] = Field(
-        "head", description="Which tokens of a long text are kept: the first, the last, or the first H and last T."
+    truncation: Literal["head", "tail", "head_tail", "chunks"] = Field(
+        "head",
+        description="Long texts: keep the first, the last, or the first H and last T tokens; or split into windows.",
+    )
+    stride: int | None = Field(None, ge=0, description="chunks: tokens shared by consecutive windows (default 1/4).")
+    max_chunks: int | None = Field(None, ge=1, description="chunks: at most N windows per text, spread evenly.")
+    chunk_pooling: Literal["mean_proba", "mean_logits"] = Field(
+        "mean_proba", description="chunks: one prediction per text: mean of its windows' probabilities or logits."
     )
     head_tokens: int | None = Field(
         None, ge=0, description="head_tail: tokens kept from the start (default a quarter)."

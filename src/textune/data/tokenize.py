@@ -64,12 +64,16 @@ class Encoded:
         arrays = {"ids": self.ids, "offsets": self.offsets}
         if self.type_ids is not None:
             arrays["type_ids"] = self.type_ids
+        if self.doc is not None and self.variant is None:  # windows of texts: which text each window is from
+            arrays["doc"] = self.doc
         _atomic.write_with(path, lambda p: np.savez(open(p, "wb"), **arrays))
 
     @classmethod
     def load(cls, path: Path) -> Encoded:
         with np.load(path, allow_pickle=False) as z:
-            return cls(z["ids"], z["offsets"], z["type_ids"] if "type_ids" in z else None)
+            out = cls(z["ids"], z["offsets"], z["type_ids"] if "type_ids" in z else None)
+            out.doc = z["doc"] if "doc" in z else None
+            return out
 
 
 def _tokenize(tokenizer, texts: list[str], max_length: int, batch: int = 2048) -> Encoded:
@@ -147,19 +151,16 @@ def allocate(lengths: list[int], budget: int, shares: list[float]) -> list[int]:
     left = max(budget, 0)
     while open_ and left > 0:
         total = sum(shares[i] for i in open_) or 1.0
-        quota = {i: int(left * shares[i] / total) for i in open_}
-        done = [i for i in open_ if lengths[i] - keep[i] <= quota[i]]
+        exact = {i: left * shares[i] / total for i in open_}
+        done = [i for i in open_ if lengths[i] - keep[i] <= exact[i]]
         if not done:
+            quota = {i: int(exact[i]) for i in open_}
+            # rounding leaves a few tokens: they go to the largest remainders (Hamilton's method)
+            spare = left - sum(quota.values())
+            for i in sorted(open_, key=lambda i: exact[i] - quota[i], reverse=True)[:spare]:
+                quota[i] += 1
             for i in open_:
                 keep[i] += quota[i]
-            left -= sum(quota.values())
-            # rounding leaves a few tokens: hand them out one by one, in field order
-            for i in open_:
-                if left <= 0:
-                    break
-                if keep[i] < lengths[i]:
-                    keep[i] += 1
-                    left -= 1
             break
         for i in done:
             left -= lengths[i] - keep[i]
@@ -259,6 +260,54 @@ def _encode_fields(tokenizer, fields: list[list[str]], max_length: int, policy: 
     return Encoded(ids, offsets, types)
 
 
+def window_starts(n: int, size: int, stride: int, max_chunks: int | None = None) -> list[int]:
+    """Start offsets of windows of ``size`` tokens over ``n`` tokens, consecutive ones sharing ``stride`` tokens;
+    the last window ends at the text's end. With ``max_chunks``, that many windows spread evenly."""
+    if n <= size:
+        return [0]
+    step = max(size - stride, 1)
+    starts = list(range(0, n - size, step)) + [n - size]
+    if max_chunks is not None and len(starts) > max_chunks:
+        pick = np.linspace(0, len(starts) - 1, max_chunks).round().astype(int)
+        starts = [starts[i] for i in sorted(set(pick.tolist()))]
+    return starts
+
+
+def _encode_chunks(tokenizer, texts: list[str], max_length: int, policy: dict) -> Encoded:
+    import copy
+
+    backend = _backend(tokenizer)
+    post = backend.post_processor
+    size = max_length - (post.num_special_tokens_to_add(False) if post is not None else 0)
+    stride = policy.get("stride")
+    stride = size // 4 if stride is None else min(stride, size - 1)
+    with_types = "token_type_ids" in getattr(tokenizer, "model_input_names", [])
+    # Windows are cut from the whole text; the character cap only guards against absurd cells.
+    cap = max(max_length, 512) * CHARS_PER_TOKEN_CAP * max(policy.get("max_chunks") or 64, 1)
+    ids_parts, type_parts, lengths, doc = [], [], [], []
+    for d, enc in enumerate(backend.encode_batch([t[:cap] for t in texts], add_special_tokens=False)):
+        for start in window_starts(len(enc.ids), size, stride, policy.get("max_chunks")):
+            window = copy.deepcopy(enc)
+            window.truncate(start + size)  # drop what follows the window...
+            window.truncate(len(window.ids) - start, direction="left")  # ...then what precedes it
+            if post is not None:
+                window = post.process(window, None, add_special_tokens=True)
+            seq = window.ids
+            ids_parts.append(np.asarray(seq, dtype=np.int32))
+            type_parts.append(np.zeros(len(seq), dtype=np.int8))
+            lengths.append(len(seq))
+            doc.append(d)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    out = Encoded(
+        np.concatenate(ids_parts) if ids_parts else np.zeros(0, dtype=np.int32),
+        offsets,
+        (np.concatenate(type_parts) if type_parts else np.zeros(0, dtype=np.int8)) if with_types else None,
+    )
+    out.doc = np.asarray(doc, dtype=np.int64)
+    return out
+
+
 def encode_fields(
     tokenizer, fields: list[list[str]], max_length: int, policy: dict, use_cache: bool = True
 ) -> tuple[Encoded, bool]:
@@ -290,7 +339,10 @@ def encode_fields(
             path.unlink(missing_ok=True)
     global MISSES
     MISSES += 1
-    encoded = _encode_fields(tokenizer, fields, max_length, policy)
+    if policy.get("side") == "chunks":
+        encoded = _encode_chunks(tokenizer, fields[0], max_length, policy)
+    else:
+        encoded = _encode_fields(tokenizer, fields, max_length, policy)
     if use_cache:
         try:
             encoded.save(path)

@@ -101,6 +101,15 @@ class Task(ABC):
         d = self.recipe.data
         if not d.text_pair and d.truncation == "head":
             return None
+        if d.text_pair and d.field_shares is not None and (len(d.field_shares) != 2 or min(d.field_shares) <= 0):
+            raise TextuneError(f"data.field_shares: a text pair takes 2 positive shares, got {d.field_shares}")
+        if d.truncation == "chunks":
+            if d.text_pair:
+                raise TextuneError("data.truncation: 'chunks' splits one text; it does not combine with data.text_pair")
+            if self.recipe.features.enabled:
+                # tabular features are indexed by input row, windows are not: the two would be misaligned
+                raise TextuneError("data.truncation: 'chunks' does not combine with features yet; use head_tail")
+            return {"side": "chunks", "stride": d.stride, "max_chunks": d.max_chunks}
         return {"side": d.truncation, "head": d.head_tokens, "pair": d.pair_truncation, "shares": d.field_shares}
 
     def encode(self, tokenizer, inputs: pd.DataFrame | list[str], path: str | Path = "input", train: bool = False):
@@ -138,10 +147,15 @@ class Task(ABC):
         """Targets of encoded rows that are copies or windows of input rows (``encoded.doc``)."""
         return targets if encoded.doc is None else targets[encoded.doc]
 
+    # How outputs become probabilities: 'softmax', 'sigmoid', or None (raw values, e.g. regression).
+    output_activation: str | None = None
+
     def combine_outputs(self, outputs: np.ndarray, encoded) -> np.ndarray:
-        """One output row per input row from the model's outputs on ``encoded`` (averaging copies, pooling
-        windows); the default: one encoded row per input row, unchanged."""
-        return outputs
+        """One output row per input row from the model's outputs on ``encoded``: windows of one text
+        (``data.truncation: chunks``) are pooled; otherwise rows are returned unchanged."""
+        if encoded is None or encoded.doc is None or encoded.variant is not None:
+            return outputs
+        return pool_windows(outputs, encoded.doc, self.recipe.data.chunk_pooling, self.output_activation)
 
     def fit_calibration(self, outputs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
         """Fits post-hoc state on validation outputs (temperature, thresholds); saved in ``state()``.
@@ -152,3 +166,28 @@ class Task(ABC):
         return {}
 
     submission_proba: bool = False  # True: `predict` writes probabilities even without --proba
+
+
+def pool_windows(outputs: np.ndarray, doc: np.ndarray, how: str, activation: str | None) -> np.ndarray:
+    """One row per text from its windows' rows (``doc[i]`` is the text of window ``i``).
+
+    ``mean_logits`` averages raw outputs. ``mean_proba`` averages probabilities and returns outputs that map
+    back to exactly that mean (log for softmax, logit for sigmoid), so every consumer stays unchanged.
+    """
+    n = int(doc.max()) + 1 if len(doc) else 0
+    counts = np.bincount(doc, minlength=n).astype(np.float64)[:, None]
+    values = outputs.astype(np.float64)
+    if how == "mean_proba" and activation == "softmax":
+        z = np.exp(values - values.max(axis=1, keepdims=True))
+        values = z / z.sum(axis=1, keepdims=True)
+    elif how == "mean_proba" and activation == "sigmoid":
+        values = 1 / (1 + np.exp(-values))
+    sums = np.zeros((n, outputs.shape[1]))
+    np.add.at(sums, doc, values)
+    mean = sums / np.maximum(counts, 1)
+    if how == "mean_proba" and activation == "softmax":
+        return np.log(np.clip(mean, 1e-12, None)).astype(np.float32)
+    if how == "mean_proba" and activation == "sigmoid":
+        mean = np.clip(mean, 1e-7, 1 - 1e-7)
+        return np.log(mean / (1 - mean)).astype(np.float32)
+    return mean.astype(np.float32)

@@ -35,6 +35,7 @@ def _label_strings(series: pd.Series) -> pd.Series:
 class ClassificationTask(Task):
     name = "classification"
     main_metric = "accuracy"
+    output_activation = "softmax"
     curve_metrics = ("accuracy", "precision_macro", "recall_macro", "f1_macro")
 
     def __init__(self, recipe):

@@ -12,6 +12,7 @@ import math
 import signal
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -352,7 +353,7 @@ def _train_in(
             targets = torch.from_numpy(train_split.targets[mb]).to(device)
             # no_sync: under several processes, gradients are all-reduced once per step, not per micro-batch
             sync = j == len(group) - 1
-            with accelerator.no_sync(model) if not sync else _null(), accelerator.autocast():
+            with accelerator.no_sync(model) if not sync else nullcontext(), accelerator.autocast():
                 logits = model(**batch).logits
                 # weight each micro-batch by its share so the step's gradient is the mean over the group
                 loss = task.loss(logits, targets) * (len(mb) / n_group)
@@ -435,14 +436,6 @@ def _train_in(
 
     # 5. Final: best model on validation (and test), predictions, plots, summary, manifest.
     return _finish(run_dir, recipe, task, splits, tokenizer, state, precision, device, tokenize_s, main_metric, params)
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
 
 
 def _finish(
