@@ -303,10 +303,11 @@ def _prepare_data(recipe: Recipe) -> int:
     from textune.tasks import get_task
 
     before = tokenize_mod.MISSES
-    splits = load_splits(recipe, get_task(recipe.task)(recipe))
+    task = get_task(recipe.task)(recipe)
+    splits = load_splits(recipe, task)
     tokenizer = load_tokenizer(recipe.model.name, recipe.model.allow_network, recipe.model.trust_remote_code)
     for split in splits.values():
-        tokenize_mod.tokenize(tokenizer, split.texts, recipe.data.max_length)
+        task.encode_split(tokenizer, split)  # the same encoding (pairs, windows, shares) a trial will ask for
     return tokenize_mod.MISSES - before
 
 
