@@ -35,7 +35,8 @@ def main() -> int:
     example = "Wall St. Bears Claw Back Into the Black"
     print(f"\ntest accuracy: {accuracy:.4f} on {len(test)} held-out AG News texts (4 classes, chance 0.25)")
     print(f"validation accuracy: {summary['validation']['accuracy']:.4f}")
-    print(f"train: {summary['train_seconds']:.0f} s ({summary['train_samples_per_s']:.1f} samples/s); total {elapsed:.0f} s")
+    train_s, rate = summary["train_seconds"], summary["train_samples_per_s"]
+    print(f"train: {train_s:.0f} s ({rate:.1f} samples/s); train + predict + report: {elapsed:.0f} s")
     print(f"classify({example!r}) -> {textune.classify(predictor, example)!r}")
     print(f"run directory: {run_dir.resolve()}  (report.html, submission.csv, plots/, model/)")
     return 0

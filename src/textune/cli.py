@@ -279,8 +279,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("export", help="write a run's model as a standalone Hugging Face directory")
     s.add_argument("run", help="run directory")
     s.add_argument("--out", required=True, help="output directory")
-    s.add_argument("--merge", action=argparse.BooleanOptionalAction, default=True,
-                   help="merge LoRA adapters into the base weights (default), or --no-merge for the adapter alone")
+    s.add_argument(
+        "--merge",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="merge LoRA adapters into the base weights (default), or --no-merge for the adapter alone",
+    )
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("embed", help="sentence embeddings of a file's texts (.parquet or .npy), keyed by id")

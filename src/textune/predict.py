@@ -134,7 +134,11 @@ class Predictor:
             numeric, categorical = self.featurizer.transform(frame.reset_index(drop=True), texts, source)
             extras = {"numeric": numeric, "categorical": categorical}
         outputs = infer_logits(
-            self.model, encoded, self.recipe.train.eval_batch_size, self.device, pad_id_of(self.tokenizer),
+            self.model,
+            encoded,
+            self.recipe.train.eval_batch_size,
+            self.device,
+            pad_id_of(self.tokenizer),
             extras=extras,
         )
         return self.task.combine_outputs(outputs, encoded)
