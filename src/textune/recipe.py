@@ -58,7 +58,7 @@ class DataConfig(_Section):
     id: str | None = Field(None, description="Id column written to submissions (row number if absent).")
     labels: list[str] | None = Field(None, description="Label order; default: sorted label values from train.")
     max_length: int = Field(128, ge=8, le=8192, description="Tokens per text; longer texts are truncated.")
-    max_rows: int | None = Field(None, ge=1, description="Use only the first N rows of train (quick experiments).")
+    max_rows: int | None = Field(None, ge=1, description="Use a seeded random sample of N train rows (quick runs).")
     warn_unstratified: bool = Field(True, description="Warn when a class is too small to stratify the split.")
     text_pair: str | None = Field(
         None, description="Second text column or template, encoded as a true sentence pair with data.text."

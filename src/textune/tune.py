@@ -563,7 +563,7 @@ def _write_plots(study: optuna.Study, out_dir: Path, n_complete: int, metric: st
 
 def _retrain_best(study: optuna.Study, base: dict, recipe: Recipe, study_dir: Path) -> Path | None:
     """Trains the best recipe again: on train + validation (a fixed number of steps) or exactly as configured."""
-    from textune.data.io import read_table
+    from textune.data.io import read_table, sample_rows
 
     if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
         log.warning("--retrain-best: no completed trial yet; nothing to retrain")
@@ -577,8 +577,7 @@ def _retrain_best(study: optuna.Study, base: dict, recipe: Recipe, study_dir: Pa
         data = raw["data"]
         if data.get("validation"):
             train_df = read_table(data["train"])
-            if data.get("max_rows"):
-                train_df = train_df.iloc[: data["max_rows"]]
+            train_df = sample_rows(train_df, data.get("max_rows"), recipe.train.seed)
             merged = pd.concat([train_df, read_table(data["validation"])], ignore_index=True)
             path = study_dir / "retrain_data.parquet"  # parquet keeps column types exactly
             _atomic.write_with(path, lambda p: merged.to_parquet(p, index=False))

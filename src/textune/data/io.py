@@ -234,3 +234,11 @@ def render_texts(df: pd.DataFrame, template: str, path: str | Path, key: str = "
         return [template.format(**row) for row in frame.to_dict("records")]
     except (ValueError, IndexError, KeyError, AttributeError, TypeError) as exc:
         raise TextuneError(f"{key}: template {template!r} is malformed ({exc}); use '{{column}}' fields") from None
+
+
+def sample_rows(df: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
+    """A seeded random sample of ``n`` rows in file order (``data.max_rows``): the first N rows of a file sorted
+    by label would hold a single class."""
+    if n is None or n >= len(df):
+        return df
+    return df.sample(n=n, random_state=seed).sort_index().reset_index(drop=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from textune.data.io import read_table, require_columns, sha256_file
+from textune.data.io import read_table, require_columns, sample_rows, sha256_file
 from textune.data.split import split_indices
 from textune.errors import TextuneError
 from textune.recipe import Recipe
@@ -44,8 +44,7 @@ def load_splits(recipe: Recipe, task: Task) -> dict[str, Split]:
     if not d.train:
         raise TextuneError("data.train: no training file given; set data.train: path/to/train.csv")
     train_df = read_table(d.train)
-    if d.max_rows is not None:
-        train_df = train_df.iloc[: d.max_rows].reset_index(drop=True)
+    train_df = sample_rows(train_df, d.max_rows, recipe.train.seed)
     _require(train_df, task, d.train)
     task.fit(train_df, d.train)
 
