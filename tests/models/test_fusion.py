@@ -28,3 +28,38 @@ def test_classification_with_features(recipe_factory, news, tmp_path):
     valid = pd.read_csv(run / "predictions" / "validation.csv")
     rows = df.set_index("id").loc[valid["id"]].reset_index().drop(columns=["label"])
     assert Predictor.load(run).predict(rows) == valid["pred_label"].tolist()
+
+
+def test_lora_with_fusion_head_counts_it_and_merges(recipe_factory, news, tmp_path):
+    df = pd.read_csv(news["train"])
+    df["desk"] = df["label"].map({"World": "w", "Sports": "s", "Business": "b", "Sci/Tech": "t"})
+    df.to_csv(news["train"], index=False)
+    features = {"categorical": ["desk"], "head": {"widths": [16]}}
+    recipe = load_recipe(
+        recipe_factory(
+            features=features, model={"peft": {"method": "lora", "r": 4, "alpha": 8}}, train={"epochs": 2, "lr": 1e-2}
+        )
+    )
+    run = train(recipe, out=tmp_path / "run")
+    summary = json.loads((run / "summary.json").read_text())
+    table = {row["module"]: row["trainable"] for row in summary["parameters"]["modules"]}
+    assert table["fusion"] > 0 and table["adapters (LoRA)"] > 0 and table["backbone"] == 0
+    assert summary["parameters"]["trainable"] == table["fusion"] + table["adapters (LoRA)"]
+    assert (run / "adapter" / "fusion.json").is_file() and (run / "model" / "fusion.json").is_file()
+    valid = pd.read_csv(run / "predictions" / "validation.csv")
+    rows = df.set_index("id").loc[valid["id"]].reset_index().drop(columns=["label"])
+    assert Predictor.load(run).predict(rows) == valid["pred_label"].tolist()
+
+    # under a budget the fusion head counts: the chosen rank leaves room for it
+    budget = summary["parameters"]["trainable"] + 10
+    recipe = load_recipe(
+        recipe_factory(
+            "b.yaml",
+            features=features,
+            model={"peft": {"method": "lora", "r": 4, "alpha": 8, "budget": budget}},
+            train={"max_steps": 2},
+        )
+    )
+    run2 = train(recipe, out=tmp_path / "run2")
+    params = json.loads((run2 / "summary.json").read_text())["parameters"]
+    assert params["peft"]["r"] == 4 and params["trainable"] <= budget

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from pathlib import Path
@@ -75,14 +76,20 @@ def config_for(recipe: Recipe, task_kwargs: dict[str, Any]):
     return AutoConfig.for_model(model_type, **kwargs, **task_kwargs)
 
 
-def build_from_config(recipe: Recipe, task_kwargs: dict[str, Any]) -> tuple[torch.nn.Module, PeftReport]:
+def build_from_config(
+    recipe: Recipe, task_kwargs: dict[str, Any], fusion: dict[str, Any] | None = None
+) -> tuple[torch.nn.Module, PeftReport]:
     """The recipe's model with random weights on the meta device: sizes without memory or weights."""
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    from textune.models.fusion import FusionModel
 
     config = config_for(recipe, task_kwargs)
 
     def build() -> torch.nn.Module:
         with torch.device("meta"):
+            if fusion is not None:
+                return FusionModel(AutoModel.from_config(config), fusion)
             return AutoModelForSequenceClassification.from_config(config)
 
     return apply_peft(build, recipe.model.peft)
@@ -134,19 +141,14 @@ def build_model(
 ) -> tuple[torch.nn.Module, PeftReport]:
     """The pretrained backbone with a fresh head (seeded), wrapped with PEFT if the recipe asks.
 
-    With ``fusion`` (see :func:`fusion_spec`) the head is the text + tabular fusion MLP instead.
+    With ``fusion`` (see :func:`fusion_spec`) the head is the text + tabular fusion MLP instead; under LoRA it stays
+    fully trainable and counts against the budget.
     """
-    if fusion is not None:
-        if recipe.model.peft.method != "none":
-            raise TextuneError(
-                "model.peft: LoRA together with tabular features (fusion head) is not supported yet; "
-                "set model.peft.method: none or remove the features section"
-            )
-        seed_everything(recipe.train.seed)
-        return _load_fusion(recipe, fusion), PeftReport(method="none")
 
     def build() -> torch.nn.Module:
         seed_everything(recipe.train.seed)  # same head initialisation whatever ran before
+        if fusion is not None:
+            return _load_fusion(recipe, fusion)
         model, _ = load_classifier(
             recipe.model.name,
             task_kwargs,
@@ -160,7 +162,7 @@ def build_model(
     if peft.method != "none" and peft.budget is not None:
         # Probing ranks on the real model would load the weights three times; the meta-device twin has the
         # same parameter shapes.
-        _, report = build_from_config(recipe, task_kwargs)
+        _, report = build_from_config(recipe, task_kwargs, fusion)
         recipe = recipe.model_copy(deep=True)
         recipe.model.peft.alpha = report.alpha
         recipe.model.peft.r = report.r
@@ -181,6 +183,12 @@ def save_best(model: torch.nn.Module, tokenizer, run_dir: Path) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=run_dir))
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
+    spec = getattr(getattr(model, "base_model", None), "model", None)
+    if is_peft(model) and hasattr(spec, "spec"):
+        # the fusion head's shape travels with the adapter: merging rebuilds the head from it
+        from textune.models.fusion import FUSION_JSON
+
+        (tmp / FUSION_JSON).write_text(json.dumps(spec.spec, indent=1))
     _atomic.replace_dir(tmp, target)
 
 
@@ -201,13 +209,18 @@ def finalize_model(run_dir: Path, recipe: Recipe, task_kwargs: dict[str, Any]) -
 def merge_adapter(adapter: Path, recipe: Recipe, task_kwargs: dict[str, Any]) -> torch.nn.Module:
     from peft import PeftModel
 
+    from textune.models.fusion import FUSION_JSON
+
     seed_everything(recipe.train.seed)
-    base, _ = load_classifier(
-        recipe.model.name,
-        task_kwargs,
-        allow_network=recipe.model.allow_network,
-        trust_remote_code=recipe.model.trust_remote_code,
-    )
+    if (adapter / FUSION_JSON).is_file():
+        base = _load_fusion(recipe, json.loads((adapter / FUSION_JSON).read_text()))
+    else:
+        base, _ = load_classifier(
+            recipe.model.name,
+            task_kwargs,
+            allow_network=recipe.model.allow_network,
+            trust_remote_code=recipe.model.trust_remote_code,
+        )
     try:
         model = PeftModel.from_pretrained(base, adapter)
     except (OSError, ValueError) as exc:

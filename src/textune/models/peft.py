@@ -193,10 +193,10 @@ def parameter_table(model: torch.nn.Module) -> list[dict]:
             continue
         if "lora_" in name:
             group = "adapters (LoRA)"
+        elif ".fusion." in f".{name}":
+            group = "fusion"
         elif any(f".{h}." in f".{name}" for h in ("classifier", "score", "pooler_head")) or ("modules_to_save" in name):
             group = "head"
-        elif "fusion" in name:
-            group = "fusion"
         else:
             group = "backbone"
         g = groups.setdefault(group, {"total": 0, "trainable": 0})
