@@ -111,6 +111,15 @@ class FusionHeadConfig(_Section):
     pooling: Literal["mean", "cls"] = Field("mean", description="How the text encoder's tokens are pooled.")
 
 
+class EmbeddingFeature(_Section):
+    model: str = Field("bundled:minilm", description="Frozen encoder: 'bundled:minilm', a directory or a run.")
+    text: str | None = Field(None, description="Column or template to embed; default: data.text.")
+    pooling: Literal["mean", "cls"] = Field("mean", description="Mean over tokens (masked) or the first token.")
+    normalize: bool = Field(True, description="Scale each embedding to unit length.")
+    prefix: str | None = Field(None, description="'query' or 'passage' (E5 markers) or any text put before each.")
+    max_length: int = Field(128, ge=8, le=8192, description="Tokens per text for the embedding model.")
+
+
 class FeaturesConfig(_Section):
     numeric: list[str] = Field([], description="Numeric columns (standardised on train; missing -> indicator).")
     categorical: list[str] = Field([], description="Categorical columns (learned embeddings; unseen -> a bucket).")
@@ -119,11 +128,26 @@ class FeaturesConfig(_Section):
     )
     text_stats: bool = Field(False, description="Length, words, digits, capitals, word length, richness, sentences.")
     quantities: bool = Field(False, description="Numbers with units and pack counts parsed from the text.")
+    embeddings: list[EmbeddingFeature] = Field(
+        [], description="Frozen sentence embeddings as features: {model: ..., text: ...} or a list of them."
+    )
     head: FusionHeadConfig = Field(default_factory=FusionHeadConfig, description="The fusion MLP head.")
+
+    @field_validator("embeddings", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, dict) else v
 
     @property
     def enabled(self) -> bool:
-        return bool(self.numeric or self.categorical or self.text_fields or self.text_stats or self.quantities)
+        return bool(
+            self.numeric
+            or self.categorical
+            or self.text_fields
+            or self.text_stats
+            or self.quantities
+            or self.embeddings
+        )
 
 
 class OrdinalConfig(_Section):

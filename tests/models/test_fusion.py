@@ -63,3 +63,40 @@ def test_lora_with_fusion_head_counts_it_and_merges(recipe_factory, news, tmp_pa
     run2 = train(recipe, out=tmp_path / "run2")
     params = json.loads((run2 / "summary.json").read_text())["parameters"]
     assert params["peft"]["r"] == 4 and params["trainable"] <= budget
+
+
+def test_frozen_embeddings_feed_the_fusion_head(recipe_factory, news, tmp_path, tiny_model):
+    import os
+    from pathlib import Path
+
+    import numpy as np
+
+    from textune.data.io import render_texts
+    from textune.embed import embed_texts, load_encoder
+
+    recipe = load_recipe(
+        recipe_factory(
+            features={"embeddings": {"model": str(tiny_model), "text": "description"}, "head": {"widths": [16]}},
+            train={"max_steps": 4},
+        )
+    )
+    run = train(recipe, out=tmp_path / "run")
+    state = json.loads((run / "features.json").read_text())
+    assert state["embedding_dims"] == [32]  # the tiny encoder's hidden size
+    assert json.loads((run / "model" / "fusion.json").read_text())["numeric_dim"] == 32
+    cached = list((Path(os.environ["TEXTUNE_CACHE"]) / "embeddings").glob("*.npy"))
+    assert cached, "embeddings are cached on disk"
+    # the features are the encoder's own (normalised, mean-pooled) embeddings of the chosen column
+    valid = pd.read_csv(news["train"]).head(5)
+    from textune.data.features import Featurizer
+
+    feats, _ = Featurizer.from_dict(recipe.features, state).transform(valid, ["unused"] * 5, "x.csv")
+    direct = embed_texts(
+        load_encoder(str(tiny_model)), render_texts(valid, "description", "x.csv"), normalize=True, max_length=128
+    )
+    np.testing.assert_allclose(feats, direct, atol=1e-5)
+    # and the predictor rebuilds them: the run's validation predictions come out again
+    preds = pd.read_csv(run / "predictions" / "validation.csv")
+    df = pd.read_csv(news["train"])
+    rows = df.set_index("id").loc[preds["id"]].reset_index()
+    assert Predictor.load(run).predict(rows) == preds["pred_label"].tolist()

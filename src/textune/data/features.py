@@ -6,6 +6,7 @@ as JSON, so prediction reproduces the same features exactly.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from textune import _atomic
 from textune.data.io import require_columns
 from textune.errors import TextuneError
 from textune.recipe import FeaturesConfig
@@ -125,6 +127,45 @@ def text_field(text: str, key: str) -> str | None:
     return m.group(1) if m else None
 
 
+_ENCODERS: dict[str, object] = {}  # loaded once per process: train, validation and test reuse them
+
+
+def embedding_features(spec, df: pd.DataFrame, texts: list[str], path: str) -> np.ndarray:
+    """Frozen sentence embeddings of one text field, cached on disk by texts + model + settings."""
+    import hashlib
+
+    from textune.data.io import render_texts
+    from textune.data.tokenize import cache_dir
+    from textune.embed import embed_texts, load_encoder
+
+    if spec.text is not None:
+        texts = render_texts(df, spec.text, path, key="features.embeddings.text")
+    h = hashlib.sha256(json.dumps(spec.model_dump(), sort_keys=True).encode())
+    for t in texts:
+        h.update(t.encode("utf-8", "surrogatepass") + b"\x00")
+    cache = cache_dir() / "embeddings" / f"{h.hexdigest()[:32]}.npy"
+    if cache.is_file():
+        try:
+            return np.load(cache, allow_pickle=False)
+        except (OSError, ValueError):
+            cache.unlink(missing_ok=True)
+    if spec.model not in _ENCODERS:
+        _ENCODERS[spec.model] = load_encoder(spec.model)
+    emb = embed_texts(
+        _ENCODERS[spec.model],
+        texts,
+        pooling=spec.pooling,
+        normalize=spec.normalize,
+        prefix=spec.prefix,
+        max_length=spec.max_length,
+    )
+    try:
+        _atomic.write_with(cache, lambda p: np.save(open(p, "wb"), emb, allow_pickle=False))
+    except OSError:
+        pass  # an unwritable cache only costs time
+    return emb
+
+
 class Featurizer:
     """Fit on train, then turn any split into ``(numeric float32 [n, d], categorical int64 [n, c])``."""
 
@@ -184,6 +225,7 @@ class Featurizer:
             "categorical_names": cat_names,
             "vocabs": vocabs,
         }
+        self.state["embedding_dims"] = [int(e.shape[1]) for e in self._embeddings(df, texts, path)]
         return self
 
     def transform(self, df: pd.DataFrame, texts: list[str], path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -193,16 +235,23 @@ class Featurizer:
         z = np.where(missing, 0.0, (raw - mean) / std) if raw.size else raw
         # one missing-indicator per numeric column: imputing the mean alone would hide that a value was absent
         numeric = np.concatenate([z, missing.astype(np.float64)], axis=1) if raw.size else np.zeros((len(df), 0))
+        numeric = np.clip(numeric, -10, 10)
+        embeddings = self._embeddings(df, texts, path)
+        if embeddings:
+            numeric = np.concatenate([numeric, *embeddings], axis=1)
         cats, _ = self._raw_categorical(df, texts, path)
         index = [{v: i + 1 for i, v in enumerate(vocab)} for vocab in self.state["vocabs"]]  # 0 = unseen/missing
         categorical = np.zeros((len(df), len(cats)), dtype=np.int64)
         for j, values in enumerate(cats):
             categorical[:, j] = [index[j].get(v, 0) for v in values]
-        return np.clip(numeric, -10, 10).astype(np.float32), categorical
+        return numeric.astype(np.float32), categorical
+
+    def _embeddings(self, df: pd.DataFrame, texts: list[str], path: str) -> list[np.ndarray]:
+        return [embedding_features(spec, df, texts, path) for spec in self.cfg.embeddings]
 
     @property
     def numeric_dim(self) -> int:
-        return 2 * len(self.state["numeric_names"])
+        return 2 * len(self.state["numeric_names"]) + sum(self.state.get("embedding_dims", []))
 
     @property
     def cardinalities(self) -> list[int]:
