@@ -59,11 +59,47 @@ def cmd_train(args: argparse.Namespace) -> int:
     from textune.training.loop import train
 
     recipe = load_recipe(args.recipe, args.set) if args.recipe else None
+    if args.processes > 1 and "WORLD_SIZE" not in os.environ:
+        return _launch(args, recipe)
     run_dir = train(recipe, out=args.out, resume=args.resume)
+    if int(os.environ.get("RANK", 0)) != 0:
+        return 0  # the main process reports for all
     summary = json.loads((run_dir / "summary.json").read_text())
     _print_summary(summary)
     print(f"run directory: {run_dir}")
     return 0
+
+
+def _launch(args: argparse.Namespace, recipe) -> int:
+    """Re-runs this command in N data-parallel processes through torch.distributed's launcher (torchrun).
+
+    The run directory is fixed here, so that every process writes into the same one.
+    """
+    import subprocess
+
+    from textune.rundir import new_run_dir
+
+    if args.out is None and args.resume is None:
+        args.out = str(new_run_dir(recipe.output.dir, recipe.output.name, recipe._stem))
+    argv = ["train"] + ([args.recipe] if args.recipe else [])
+    for item in args.set:
+        argv += ["--set", item]
+    for flag, value in (("--out", args.out), ("--resume", args.resume)):
+        if value:
+            argv += [flag, value]
+    if args.allow_pickle:
+        argv.append("--allow-pickle")
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={args.processes}",
+        "-m",
+        "textune.cli",
+        *argv,
+    ]
+    return subprocess.call(cmd)
 
 
 def _print_summary(summary: dict) -> None:
@@ -243,6 +279,13 @@ def build_parser() -> argparse.ArgumentParser:
     recipe_args(s, required=False)
     s.add_argument("--out", help="run directory (default: output.dir/<recipe>-<time>)")
     s.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    s.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="data-parallel training in N processes (torchrun; gloo on CPU, NCCL on GPUs)",
+    )
     _allow_pickle_arg(s)
     s.set_defaults(func=cmd_train)
 

@@ -36,11 +36,17 @@ def infer_logits(
     pad_id: int,
     precision: str = "no",
     extras: dict[str, np.ndarray] | None = None,
+    rows: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Model outputs for every row of ``encoded``, in input order (batches run longest first)."""
+    """Model outputs for every row of ``encoded`` (or only ``rows``; the others stay 0), in input order.
+
+    Batches run longest first; each output is scattered back to its own row.
+    """
     model.eval()
     out: np.ndarray | None = None
-    for idx in inference_batches(encoded.lengths, batch_size):
+    rows = np.arange(len(encoded)) if rows is None else np.asarray(rows)
+    for sub in inference_batches(encoded.lengths[rows], batch_size):
+        idx = rows[sub]
         batch = {k: v.to(device, non_blocking=True) for k, v in collate(encoded, idx, pad_id, extras).items()}
         with autocast_for(device, precision):
             logits = model(**batch).logits

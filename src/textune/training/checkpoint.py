@@ -48,14 +48,17 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k in names}
 
 
-def save_checkpoint(ckpt_dir: Path, model, optimizer, scheduler, state: dict[str, Any]) -> None:
+def save_checkpoint(
+    ckpt_dir: Path, model, optimizer, scheduler, state: dict[str, Any], rng_states: list[dict] | None = None
+) -> None:
+    """Writes the checkpoint; ``rng_states`` holds every process's RNG state in a multi-process run."""
     ckpt_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{ckpt_dir.name}.", dir=ckpt_dir.parent))
     try:
         save_file(trainable_state(model), tmp / "model.safetensors")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save(rng_state(), tmp / "rng.pt")
+        torch.save(rng_states or [rng_state()], tmp / "rng.pt")  # one entry per process
         # state.json last: its presence marks a complete checkpoint
         (tmp / STATE).write_text(json.dumps(state, indent=1))
         _atomic.replace_dir(tmp, ckpt_dir)
@@ -64,7 +67,7 @@ def save_checkpoint(ckpt_dir: Path, model, optimizer, scheduler, state: dict[str
         raise
 
 
-def load_checkpoint(ckpt_dir: Path, model, optimizer, scheduler) -> dict[str, Any]:
+def load_checkpoint(ckpt_dir: Path, model, optimizer, scheduler, rank: int = 0) -> dict[str, Any]:
     _atomic.recover_dir(ckpt_dir)
     if not (ckpt_dir / STATE).is_file():
         raise TextuneError(f"{ckpt_dir}: no complete checkpoint to resume from; train again without --resume")
@@ -77,7 +80,9 @@ def load_checkpoint(ckpt_dir: Path, model, optimizer, scheduler) -> dict[str, An
         optimizer.load_state_dict(torch.load(ckpt_dir / "optimizer.pt", weights_only=True))
         scheduler.load_state_dict(torch.load(ckpt_dir / "scheduler.pt", weights_only=True))
         state = json.loads((ckpt_dir / STATE).read_text())
-        set_rng_state(torch.load(ckpt_dir / "rng.pt", weights_only=True))
+        states = torch.load(ckpt_dir / "rng.pt", weights_only=True)
+        states = states if isinstance(states, list) else [states]
+        set_rng_state(states[rank] if rank < len(states) else states[0])
     except TextuneError:
         raise
     except Exception as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import signal
 import sys
 import time
@@ -36,7 +37,7 @@ from textune.recipe import Recipe, dump_recipe, parse_duration, recipe_from_dict
 from textune.report.plots import plot_loss, plot_metrics
 from textune.rundir import RunLock, new_run_dir, write_manifest
 from textune.tasks import Task, get_task
-from textune.training.checkpoint import load_checkpoint, save_checkpoint, seed_everything
+from textune.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything
 from textune.training.optim import build_optimizer, build_scheduler
 from textune.training.precision import configure_threads, resolve_precision, setup_cuda_speed
 
@@ -86,12 +87,18 @@ def read_history(path: Path, max_step: int | None = None) -> list[dict]:
     return out
 
 
+def _rank() -> int:
+    """This process's rank under torchrun / accelerate launch (0 when alone)."""
+    return int(os.environ.get("RANK", 0))
+
+
 def _accelerator(requested: str) -> Accelerator:
     """An Accelerator with the resolved precision. Accelerate keeps its state process-wide; it is reset so
     that several runs in one process (the Python API, a search) may use different precisions."""
     from accelerate.state import AcceleratorState, PartialState
 
-    device = PartialState().device
+    # cpu=True lets Accelerate see a torchrun world on a machine without GPUs (gloo); alone it changes nothing
+    device = PartialState(cpu=not torch.cuda.is_available()).device
     precision = resolve_precision(requested, device)
     AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(mixed_precision=precision)
@@ -194,10 +201,12 @@ def train(
     if resume is None:
         run_dir = Path(out) if out else new_run_dir(recipe.output.dir, recipe.output.name, recipe._stem)
         # dot-files are a stale lock or temporaries of a run killed before it wrote anything: not a run
-        if run_dir.exists() and any(not p.name.startswith(".") for p in run_dir.iterdir()):
+        exists = run_dir.exists() and any(not p.name.startswith(".") for p in run_dir.iterdir())
+        if exists and _rank() == 0:  # other processes of a multi-process run see rank 0's first files
             raise TextuneError(f"{run_dir}: run directory is not empty; pick another --out or use --resume {run_dir}")
 
-    with RunLock(run_dir), _Interrupt() as interrupt:
+    # one lock per run: in a multi-process run the main process holds it for all
+    with RunLock(run_dir) if _rank() == 0 else nullcontext(), _Interrupt() as interrupt:
         return _train_in(
             run_dir,
             recipe,
@@ -244,8 +253,10 @@ def _train_in(
         log.info("note: %s", note)
     train_split, valid_split = splits["train"], splits["validation"]
     lengths = train_split.encoded.lengths
+    world, rank = accelerator.num_processes, accelerator.process_index
     micro_per_epoch = len(train_batches(lengths, cfg.batch_size, cfg.seed, 0, cfg.group_by_length))
-    steps_per_epoch = math.ceil(micro_per_epoch / cfg.grad_accum)
+    # under N processes each optimizer step consumes N groups of micro-batches, one per process
+    steps_per_epoch = math.ceil(micro_per_epoch / cfg.grad_accum / world)
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     optimizer = build_optimizer(model, cfg, device)
     scheduler = build_scheduler(optimizer, cfg, total_steps)
@@ -279,11 +290,12 @@ def _train_in(
     ckpt_dir = run_dir / "checkpoints" / "last"
     # A run killed before its first checkpoint resumes from step 0 (same seed, same result).
     if resuming and (ckpt_dir.exists() or ckpt_dir.with_name(ckpt_dir.name + ".old").exists()):
-        state = load_checkpoint(ckpt_dir, accelerator.unwrap_model(model), optimizer, scheduler)
+        state = load_checkpoint(ckpt_dir, accelerator.unwrap_model(model), optimizer, scheduler, rank)
         history = read_history(metrics_path, state["step"])
-        _atomic.write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
+        if accelerator.is_main_process:
+            _atomic.write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
         log.info("resuming %s at step %d of %d", run_dir, state["step"], total_steps)
-    else:
+    elif accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         _atomic.write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
         _atomic.write_json(run_dir / "labels.json", task.state())
@@ -292,9 +304,25 @@ def _train_in(
         metrics_path.write_text("")
 
     def evaluate() -> dict[str, float]:
+        # Each process infers its share of the rows on the unwrapped model (DDP's forward would synchronise
+        # buffers on every call, and the shares need different numbers of calls); the shares are then gathered,
+        # so every validation row counts exactly once.
+        rows = np.arange(len(valid_split.encoded))[rank::world]
         logits = infer_logits(
-            model, valid_split.encoded, cfg.eval_batch_size, device, pad_id, precision, valid_split.extras
+            accelerator.unwrap_model(model),
+            valid_split.encoded,
+            cfg.eval_batch_size,
+            device,
+            pad_id,
+            precision,
+            valid_split.extras,
+            rows=rows,
         )
+        if world > 1:
+            parts: list[Any] = [None] * world
+            torch.distributed.all_gather_object(parts, (rows, logits[rows]))
+            for part_rows, part in parts:
+                logits[part_rows] = part
         logits = task.combine_outputs(logits, valid_split.encoded)
         metrics = task.metrics(logits, valid_split.targets)
         with torch.no_grad():
@@ -304,7 +332,8 @@ def _train_in(
     def validate() -> None:
         """Evaluates, logs, tells the callbacks and keeps the best weights so far."""
         metrics = evaluate()
-        _atomic.append_jsonl(metrics_path, {"step": state["step"], "split": "validation", **metrics})
+        if accelerator.is_main_process:
+            _atomic.append_jsonl(metrics_path, {"step": state["step"], "split": "validation", **metrics})
         for cb in callbacks:
             cb.on_evaluate(state["step"], metrics)
         if _is_better(metrics[main_metric], state["best"], mode):
@@ -315,8 +344,13 @@ def _train_in(
             state["bad_evals"] += 1
 
     def checkpoint() -> None:
+        # every process's dropout stream must resume where it stopped: the main process saves them all
+        rngs = [rng_state()]
+        if world > 1:
+            rngs = [None] * world
+            torch.distributed.all_gather_object(rngs, rng_state())
         if accelerator.is_main_process:
-            save_checkpoint(ckpt_dir, accelerator.unwrap_model(model), optimizer, scheduler, state)
+            save_checkpoint(ckpt_dir, accelerator.unwrap_model(model), optimizer, scheduler, state, rngs)
 
     # 4. Train.
     bar = tqdm(
@@ -338,13 +372,14 @@ def _train_in(
     while not stop and state["step"] < total_steps:
         batches = train_batches(lengths, cfg.batch_size, cfg.seed, state["epoch"], cfg.group_by_length)
         groups = [batches[i : i + cfg.grad_accum] for i in range(0, len(batches), cfg.grad_accum)]
-        if state["step_in_epoch"] >= len(groups):
+        if state["step_in_epoch"] >= steps_per_epoch:
             state["epoch"] += 1
             state["step_in_epoch"] = 0
             continue
         model.train()
         t_step = time.perf_counter()
-        group = groups[state["step_in_epoch"]]
+        # process r takes group step*N + r; the last step of an epoch wraps around (as DistributedSampler pads)
+        group = groups[(state["step_in_epoch"] * world + rank) % len(groups)]
         n_group = sum(len(mb) for mb in group)
         step_loss = 0.0
         for j, mb in enumerate(group):
@@ -373,7 +408,7 @@ def _train_in(
         optimizer.zero_grad(set_to_none=True)
         state["step"] += 1
         state["step_in_epoch"] += 1
-        state["samples"] += n_group
+        state["samples"] += n_group * world
         state["train_seconds"] += time.perf_counter() - t_step
         window_loss += step_loss
         window_n += 1
@@ -384,17 +419,18 @@ def _train_in(
         )
 
         at_end = state["step"] >= total_steps
-        end_of_epoch = state["step_in_epoch"] >= len(groups)
+        end_of_epoch = state["step_in_epoch"] >= steps_per_epoch
         if state["step"] % cfg.log_every == 0 or at_end:
             rec = {
                 "step": state["step"],
-                "epoch": round(state["epoch"] + state["step_in_epoch"] / len(groups), 4),
+                "epoch": round(state["epoch"] + state["step_in_epoch"] / steps_per_epoch, 4),
                 "split": "train",
                 "loss": window_loss / window_n,
                 "lr": scheduler.get_last_lr()[0],
                 "samples_per_s": window_n and n_group * window_n / (time.perf_counter() - t_window),
             }
-            _atomic.append_jsonl(metrics_path, rec)
+            if accelerator.is_main_process:
+                _atomic.append_jsonl(metrics_path, rec)
             window_loss, window_n, t_window = 0.0, 0, time.perf_counter()
             state["log_window"] = (0.0, 0)
         evaluated = state["step"] % eval_every == 0 or at_end or (cfg.eval_every is None and end_of_epoch)
@@ -411,6 +447,10 @@ def _train_in(
             # stop while there is time for one more step (the average so far) and the final evaluation
             elapsed = time.perf_counter() - t_start
             out_of_time = elapsed + 2 * elapsed / max(1, state["step"] - first_step) > budget_s
+            if world > 1:  # clocks differ between processes: the main process decides for all
+                decision = [out_of_time]
+                torch.distributed.broadcast_object_list(decision, src=0)
+                out_of_time = decision[0]
             if out_of_time:
                 log.info(
                     "train.time_budget %s: stopping at step %d with a resumable checkpoint (--resume)",
@@ -434,7 +474,9 @@ def _train_in(
             state["step_in_epoch"] = 0
     bar.close()
 
-    # 5. Final: best model on validation (and test), predictions, plots, summary, manifest.
+    # 5. Final: best model on validation (and test), predictions, plots, summary, manifest. One process does it.
+    if not accelerator.is_main_process:
+        return run_dir
     return _finish(run_dir, recipe, task, splits, tokenizer, state, precision, device, tokenize_s, main_metric, params)
 
 
@@ -492,6 +534,7 @@ def _finish(
         "parameters": params,
         "precision": precision,
         "device": str(device),
+        "processes": int(os.environ.get("WORLD_SIZE", 1)),
         "train_rows": len(splits["train"].df),
         "validation_rows": len(splits["validation"].df),
         "tokenize_seconds": round(tokenize_s, 3),
