@@ -82,3 +82,17 @@ def recover_dir(dst: Path) -> None:
         os.replace(old, dst)
     elif old.exists():
         shutil.rmtree(old)
+
+
+def write_csv(path: str | Path, df) -> Path:
+    """A DataFrame as CSV, atomically. Cells holding a carriage return are quoted too: the csv module quotes only
+    the characters of its line terminator ("\\n"), and a bare "\\r" would split the row when read back."""
+    import csv
+
+    has_cr = any(
+        df[c].astype(str).str.contains("\r", regex=False).any()
+        for c in df.columns
+        if df[c].dtype == object or str(df[c].dtype).startswith("str")
+    )
+    quoting = csv.QUOTE_NONNUMERIC if has_cr else csv.QUOTE_MINIMAL
+    return write_with(path, lambda p: df.to_csv(p, index=False, quoting=quoting))

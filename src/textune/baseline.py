@@ -370,7 +370,7 @@ def _write_dir(
         _atomic.write_json(tmp / "labels.json", task.state())
         for name, s in scores.items():
             frame = _prediction_frame(task, splits[name], s, recipe.data.id)
-            _atomic.write_with(tmp / "predictions" / f"{name}.csv", lambda p, f=frame: f.to_csv(p, index=False))
+            _atomic.write_csv(tmp / "predictions" / f"{name}.csv", frame)
         if splits["validation"].targets is not None:
             task.plots(tmp / "plots", scores["validation"], splits["validation"].targets)
         _atomic.write_json(tmp / "summary.json", summary)

@@ -136,7 +136,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     predictor = Predictor.load(args.run)
     df = predictor.read_input(args.input)
     sub = predictor.submission(df, proba=args.proba, source=args.input)
-    _atomic.write_with(Path(args.output), lambda p: sub.to_csv(p, index=False))
+    _atomic.write_csv(Path(args.output), sub)
     print(f"{len(sub)} predictions written to {args.output}")
     return 0
 

@@ -216,7 +216,7 @@ def write_embeddings(path: str | Path, emb: np.ndarray, ids: pd.Series | None, i
         if ids is not None:
             ids_path = path.with_name(path.name[: -len(path.suffix)] + ".ids.csv")
             frame = pd.DataFrame({id_col: ids})
-            written.append(_atomic.write_with(ids_path, lambda p: frame.to_csv(p, index=False)))
+            written.append(_atomic.write_csv(ids_path, frame))
         return written
     frame = pd.DataFrame(emb.astype(np.float32), columns=[f"emb_{i}" for i in range(emb.shape[1])])
     frame.insert(0, id_col if ids is not None else "row", ids if ids is not None else np.arange(len(emb)))

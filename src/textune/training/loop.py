@@ -136,7 +136,7 @@ def _prediction_frame(task: Task, split: Split, logits: np.ndarray, id_col: str 
 
 
 def _write_csv(path: Path, df: pd.DataFrame) -> None:
-    _atomic.write_with(path, lambda p: df.to_csv(p, index=False))
+    _atomic.write_csv(path, df)
 
 
 def _resolve_resume(resume: str | Path, recipe: Recipe | None) -> tuple[Path, Recipe]:
