@@ -15,6 +15,15 @@ from textune.errors import TextuneError
 from textune.tasks.base import Task
 
 
+def label_model_kwargs(labels: list[str]) -> dict[str, Any]:
+    """``from_pretrained`` arguments that name the head's outputs after the labels (saved in config.json)."""
+    return {
+        "num_labels": len(labels),
+        "id2label": dict(enumerate(labels)),
+        "label2id": {lab: i for i, lab in enumerate(labels)},
+    }
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
@@ -105,11 +114,7 @@ class ClassificationTask(Task):
         return len(self.labels)
 
     def model_kwargs(self) -> dict[str, Any]:
-        return {
-            "num_labels": len(self.labels),
-            "id2label": dict(enumerate(self.labels)),
-            "label2id": {lab: i for i, lab in enumerate(self.labels)},
-        }
+        return label_model_kwargs(self.labels)
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         weight = None

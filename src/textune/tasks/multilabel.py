@@ -19,6 +19,7 @@ from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_su
 from textune import _atomic
 from textune.errors import TextuneError
 from textune.tasks.base import Task
+from textune.tasks.classification import label_model_kwargs
 
 GRID = np.round(np.arange(0.05, 0.951, 0.05), 2)
 
@@ -109,12 +110,7 @@ class MultilabelTask(Task):
         return len(self.labels)
 
     def model_kwargs(self) -> dict[str, Any]:
-        return {
-            "num_labels": len(self.labels),
-            "id2label": dict(enumerate(self.labels)),
-            "label2id": {lab: i for i, lab in enumerate(self.labels)},
-            "problem_type": "multi_label_classification",
-        }
+        return {**label_model_kwargs(self.labels), "problem_type": "multi_label_classification"}
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(logits.float(), targets.float())
