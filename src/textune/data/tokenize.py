@@ -111,15 +111,20 @@ def tokenize(tokenizer, texts: list[str], max_length: int, use_cache: bool = Tru
         h.update(t.encode("utf-8", "surrogatepass"))
         h.update(b"\x00")
     key = f"{h.hexdigest()[:24]}-{tokenizer_fingerprint(tokenizer)}-{max_length}"
+    return _cached(key, lambda: _tokenize(tokenizer, texts, max_length), use_cache)
+
+
+def _cached(key: str, build, use_cache: bool) -> tuple[Encoded, bool]:
+    """The cache entry ``key`` if present and readable, else ``build()`` (counted in MISSES) saved under ``key``."""
+    global MISSES
     path = cache_dir() / "tokens" / f"{key}.npz"
     if use_cache and path.is_file():
         try:
             return Encoded.load(path), True
         except (OSError, ValueError, KeyError):
             path.unlink(missing_ok=True)  # a corrupt cache entry is rebuilt, never trusted
-    global MISSES
     MISSES += 1
-    encoded = _tokenize(tokenizer, texts, max_length)
+    encoded = build()
     if use_cache:
         try:
             encoded.save(path)
@@ -331,21 +336,6 @@ def encode_fields(
             h.update(t.encode("utf-8", "surrogatepass"))
             h.update(b"\x00")
     key = f"f{len(fields)}-{h.hexdigest()[:24]}-{tokenizer_fingerprint(tokenizer)}-{max_length}"
-    path = cache_dir() / "tokens" / f"{key}.npz"
-    if use_cache and path.is_file():
-        try:
-            return Encoded.load(path), True
-        except (OSError, ValueError, KeyError):
-            path.unlink(missing_ok=True)
-    global MISSES
-    MISSES += 1
     if policy.get("side") == "chunks":
-        encoded = _encode_chunks(tokenizer, fields[0], max_length, policy)
-    else:
-        encoded = _encode_fields(tokenizer, fields, max_length, policy)
-    if use_cache:
-        try:
-            encoded.save(path)
-        except OSError:
-            pass
-    return encoded, False
+        return _cached(key, lambda: _encode_chunks(tokenizer, fields[0], max_length, policy), use_cache)
+    return _cached(key, lambda: _encode_fields(tokenizer, fields, max_length, policy), use_cache)
