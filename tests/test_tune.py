@@ -75,7 +75,7 @@ def test_invalid_space_value_fails_before_any_trial(tune_recipe, tmp_path, capsy
     recipe = tune_recipe(space={"train.batch_size": {"categorical": [0, 16]}})
     assert main(["tune", str(recipe), "--out", str(tmp_path / "study")]) == 2
     err = capsys.readouterr().err
-    assert "tune.space.train.batch_size = 0" in err and "greater than or equal to 1" in err
+    assert "tune.space.train.batch_size = 0" in err and "should be a positive integer or 'auto'" in err
     assert not (tmp_path / "study" / "trials").exists()
 
 

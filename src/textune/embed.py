@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from textune import _atomic
-from textune.data.batching import collate, inference_batches
+from textune.data.batching import collate, inference_batches, to_device
 from textune.data.io import read_table, render_texts, require_columns
 from textune.data.tokenize import tokenize
 from textune.errors import TextuneError
@@ -167,7 +167,7 @@ def embed_texts(
     pad_id = pad_id_of(encoder.tokenizer)
     bar = tqdm(total=len(encoded), disable=not progress, desc="embed", unit="text", dynamic_ncols=True)
     for idx in inference_batches(encoded.lengths, batch_size):
-        batch = {k: v.to(encoder.device) for k, v in collate(encoded, idx, pad_id).items()}
+        batch = to_device(collate(encoded, idx, pad_id), encoder.device)
         with autocast_for(encoder.device, precision):
             hidden = encoder.model(**batch).last_hidden_state
         hidden = hidden.float()  # pool in fp32 whatever the autocast: sums over 512 tokens lose bits in bf16

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from textune.data.batching import collate, inference_batches
+from textune.data.batching import collate, inference_batches, to_device
 from textune.data.io import read_table, require_columns
 from textune.data.tokenize import Encoded
 from textune.errors import TextuneError
@@ -47,7 +47,7 @@ def infer_logits(
     rows = np.arange(len(encoded)) if rows is None else np.asarray(rows)
     for sub in inference_batches(encoded.lengths[rows], batch_size):
         idx = rows[sub]
-        batch = {k: v.to(device, non_blocking=True) for k, v in collate(encoded, idx, pad_id, extras).items()}
+        batch = to_device(collate(encoded, idx, pad_id, extras), device)
         with autocast_for(device, precision):
             logits = model(**batch).logits
         logits = logits.float().cpu().numpy()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -200,8 +200,21 @@ class EarlyStopping(_Section):
 class TrainConfig(_Section):
     epochs: float = Field(3, gt=0, description="Passes over train (ignored when max_steps is set).")
     max_steps: int | None = Field(None, ge=1, description="Optimizer steps to run; overrides epochs.")
-    batch_size: int = Field(32, ge=1, description="Micro-batch size per process.")
+    batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        32,
+        description="Micro-batch size per process, or 'auto': the largest that fits in memory, with gradient "
+        "accumulation up to train.effective_batch_size rows per step.",
+    )
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    effective_batch_size: int | None = Field(
+        None, ge=1, description="With batch_size: auto, rows per optimizer step per process (default 32)."
+    )
+    max_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Token budget per micro-batch (rows x longest row), as fairseq's --max-tokens: short texts "
+        "make bigger batches. Replaces batch_size.",
+    )
     eval_batch_size: int = Field(128, ge=1, description="Batch size for evaluation and prediction.")
     lr: float = Field(5e-5, gt=0, description="Peak learning rate (AdamW).")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (not applied to biases and norms).")
@@ -232,12 +245,33 @@ class TrainConfig(_Section):
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward: less memory.")
     compile: bool = Field(False, description="torch.compile the model (pays a compile time up front).")
 
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _batch_size(cls, v: Any) -> Any:
+        ok = v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1)
+        if not ok and not (isinstance(v, str) and v.strip().isdigit() and int(v) >= 1):
+            raise ValueError("should be a positive integer or 'auto'")
+        return v
+
     @field_validator("time_budget")
     @classmethod
     def _duration(cls, v: str | None) -> str | None:
         if v is not None:
             parse_duration(v)
         return v
+
+    @model_validator(mode="after")
+    def _batching(self) -> TrainConfig:
+        auto = self.batch_size == "auto"
+        if auto and "grad_accum" in self.model_fields_set and self.grad_accum != 1:
+            raise ValueError(
+                "grad_accum: set by batch_size: auto; give the rows per step as effective_batch_size instead"
+            )
+        if self.effective_batch_size is not None and not auto:
+            raise ValueError("effective_batch_size: only used with batch_size: auto; remove it or set batch_size: auto")
+        if auto and self.max_tokens is not None:
+            raise ValueError("max_tokens: cannot be combined with batch_size: auto; remove one of the two")
+        return self
 
 
 class OutputConfig(_Section):
@@ -370,7 +404,12 @@ class Recipe(_Section):
     def _labels_unique(self) -> Recipe:
         labels = self.data.labels
         if labels is not None and len(set(labels)) != len(labels):
-            raise ValueError("data.labels lists a label twice")
+            raise ValueError("data.labels: lists a label twice; give each label once")
+        if self.train.max_tokens is not None and self.train.max_tokens < self.data.max_length:
+            raise ValueError(
+                f"train.max_tokens: {self.train.max_tokens} is below data.max_length ({self.data.max_length}), so "
+                "the longest texts would not fit; raise train.max_tokens"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -390,13 +429,19 @@ def _fields_of(model: type[BaseModel], path: list[str]) -> list[str]:
 
 def _format_error(err: ValidationError, source: str) -> str:
     e = err.errors()[0]
-    loc = [str(p) for p in e["loc"] if not isinstance(p, int)]
+    # pydantic names the member of a union that failed ('constrained-int', "literal['auto']"): not a key
+    loc = [str(p) for p in e["loc"] if not isinstance(p, int) and not re.search(r"[-\[(]", str(p))]
     key = ".".join(loc) or "(top level)"
     if e["type"] == "extra_forbidden":
         valid = _fields_of(Recipe, loc[:-1])
         hint = did_you_mean(loc[-1], valid) or f" (valid keys: {', '.join(valid)})"
         return f"{source}: unknown key '{key}'{hint}"
     msg = e["msg"].removeprefix("Value error, ")
+    # a section's own check names its key first ("grad_accum: ..."): make it part of the key
+    head, sep, rest = msg.partition(": ")
+    *section, name = head.split(".")
+    if sep and name in _fields_of(Recipe, loc + section):
+        key, msg = ".".join([*loc, head]), rest
     got = e.get("input")
     got_s = "" if isinstance(got, dict) else f" (got {got!r})"
     return f"{source}: key '{key}': {msg}{got_s}"

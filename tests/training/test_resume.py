@@ -28,18 +28,22 @@ def _final(run):
     return summary, preds, weights
 
 
-@pytest.mark.parametrize("grad_accum", [1, 2])
-def test_resume_equals_uninterrupted(recipe_factory, tmp_path, grad_accum):
-    # 216 train rows / 16 = 14 micro-batches per epoch; 2 epochs; the crash falls mid-epoch and between
-    # checkpoints (every 3 steps), so resume must replay from step 3 or 6 with the same batches and dropout.
+@pytest.mark.parametrize(
+    "batching",
+    [{}, {"grad_accum": 2}, {"max_tokens": 200}, {"batch_size": "auto", "effective_batch_size": 16}],
+    ids=["rows", "grad_accum", "max_tokens", "auto"],
+)
+def test_resume_equals_uninterrupted(recipe_factory, tmp_path, batching):
+    # 216 train rows / 16 = 14 steps per epoch (7 with grad_accum 2); 2 epochs; the crash falls mid-epoch and
+    # between checkpoints (every 3 steps), so resume must replay from step 3 or 6 with the same batches and dropout.
     recipe = load_recipe(
         recipe_factory(
-            train={"epochs": 2, "checkpoint_every": 3, "eval_every": 4, "grad_accum": grad_accum},
+            train={"epochs": 2, "checkpoint_every": 3, "eval_every": 4, **batching},
             model={"dropout": 0.2},
         )
     )
     full = train(recipe, out=tmp_path / "full")
-    crash_step = 5 if grad_accum == 2 else 8
+    crash_step = 5 if "grad_accum" in batching else 8
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(recipe, out=tmp_path / "part", callbacks=[CrashAt(crash_step)])
     assert not (tmp_path / "part" / "summary.json").exists()

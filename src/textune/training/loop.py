@@ -25,7 +25,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from textune import _atomic
-from textune.data.batching import collate, train_batches
+from textune.data.batching import collate, move, to_device, train_steps
 from textune.data.features import Featurizer, attach_features
 from textune.data.prepare import Split, data_hashes, load_splits
 from textune.errors import TextuneError
@@ -37,6 +37,7 @@ from textune.recipe import Recipe, dump_recipe, parse_duration, recipe_from_dict
 from textune.report.plots import plot_loss, plot_metrics
 from textune.rundir import RunLock, new_run_dir, write_manifest
 from textune.tasks import Task, get_task
+from textune.training.batch_size import find_micro_batch, plan_micro_batches, rows_and_accum, trial_step
 from textune.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything
 from textune.training.optim import build_optimizer, build_scheduler
 from textune.training.precision import configure_threads, resolve_precision, setup_cuda_speed
@@ -254,20 +255,51 @@ def _train_in(
     train_split, valid_split = splits["train"], splits["validation"]
     lengths = train_split.encoded.lengths
     world, rank = accelerator.num_processes, accelerator.process_index
-    micro_per_epoch = len(train_batches(lengths, cfg.batch_size, cfg.seed, 0, cfg.group_by_length))
+    rows_per_step, accum = rows_and_accum(cfg)
+
+    def epoch_steps(epoch: int) -> list[list[np.ndarray]]:
+        return train_steps(lengths, cfg.seed, epoch, rows_per_step, accum, cfg.group_by_length, cfg.max_tokens)
+
     # under N processes each optimizer step consumes N groups of micro-batches, one per process
-    steps_per_epoch = math.ceil(micro_per_epoch / cfg.grad_accum / world)
+    steps_per_epoch = math.ceil(len(epoch_steps(0)) / world)
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     optimizer = build_optimizer(model, cfg, device)
     scheduler = build_scheduler(optimizer, cfg, total_steps)
     if cfg.gradient_checkpointing:
         (model.encoder if hasattr(model, "fusion") else model).gradient_checkpointing_enable()
     model, optimizer = accelerator.prepare(model, optimizer)
+    pad_id = pad_id_of(tokenizer)
+    micro_size = None if cfg.max_tokens else math.ceil(rows_per_step / accum)
+    if cfg.batch_size == "auto":
+        try_step = trial_step(
+            accelerator.unwrap_model(model),
+            getattr(optimizer, "optimizer", optimizer),
+            task,
+            train_split,
+            pad_id,
+            device,
+            accelerator.autocast,
+        )
+        micro_size = find_micro_batch(rows_per_step, try_step, str(device))
+        if world > 1:  # every process splits its steps alike: the smallest size found anywhere
+            found = torch.tensor([micro_size], device=device)
+            torch.distributed.all_reduce(found, op=torch.distributed.ReduceOp.MIN)
+            micro_size = int(found.item())
+        accum = plan_micro_batches(rows_per_step, micro_size)
+        micro_size = math.ceil(rows_per_step / accum)
+        log.info(
+            "train.batch_size auto: micro-batches of %d rows, %d per step of %d rows", micro_size, accum, rows_per_step
+        )
+    batching = {
+        "rows_per_step": None if cfg.max_tokens else rows_per_step,
+        "micro_batch_size": micro_size,
+        "micro_batches_per_step": accum,
+        "max_tokens": cfg.max_tokens,
+    }
     if cfg.compile:
         model = torch.compile(model)
     budget_s = parse_duration(cfg.time_budget) if cfg.time_budget else None
     t_start = time.perf_counter()
-    pad_id = pad_id_of(tokenizer)
     main_metric = cfg.early_stopping.metric or task.main_metric
     mode = cfg.early_stopping.mode or _direction(main_metric, task)
     eval_every = cfg.eval_every or steps_per_epoch
@@ -370,8 +402,7 @@ def _train_in(
     stop = state["done"]
     first_step = state["step"]
     while not stop and state["step"] < total_steps:
-        batches = train_batches(lengths, cfg.batch_size, cfg.seed, state["epoch"], cfg.group_by_length)
-        groups = [batches[i : i + cfg.grad_accum] for i in range(0, len(batches), cfg.grad_accum)]
+        groups = epoch_steps(state["epoch"])
         if state["step_in_epoch"] >= steps_per_epoch:
             state["epoch"] += 1
             state["step_in_epoch"] = 0
@@ -384,8 +415,8 @@ def _train_in(
         step_loss = 0.0
         for j, mb in enumerate(group):
             micro = collate(train_split.encoded, mb, pad_id, train_split.extras)
-            batch = {k: v.to(device, non_blocking=True) for k, v in micro.items()}
-            targets = torch.from_numpy(train_split.targets[mb]).to(device)
+            batch = to_device(micro, device)
+            targets = move(torch.from_numpy(train_split.targets[mb]), device)
             # no_sync: under several processes, gradients are all-reduced once per step, not per micro-batch
             sync = j == len(group) - 1
             with accelerator.no_sync(model) if not sync else nullcontext(), accelerator.autocast():
@@ -477,7 +508,9 @@ def _train_in(
     # 5. Final: best model on validation (and test), predictions, plots, summary, manifest. One process does it.
     if not accelerator.is_main_process:
         return run_dir
-    return _finish(run_dir, recipe, task, splits, tokenizer, state, precision, device, tokenize_s, main_metric, params)
+    return _finish(
+        run_dir, recipe, task, splits, tokenizer, state, precision, device, tokenize_s, main_metric, params, batching
+    )
 
 
 def _finish(
@@ -492,6 +525,7 @@ def _finish(
     tokenize_s: float,
     main_metric: str,
     params: dict[str, Any],
+    batching: dict[str, Any],
 ) -> Path:
     cfg = recipe.train
     finalize_model(run_dir, recipe, task.model_kwargs())
@@ -533,6 +567,7 @@ def _finish(
         "test": results.get("test"),
         "parameters": params,
         "precision": precision,
+        "batching": batching,
         "device": str(device),
         "processes": int(os.environ.get("WORLD_SIZE", 1)),
         "train_rows": len(splits["train"].df),
