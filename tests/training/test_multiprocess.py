@@ -7,9 +7,13 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
+import pytest
 from safetensors.torch import load_file
+
+from textune.cli import main
 
 
 def _train(args, cwd):
@@ -49,3 +53,39 @@ def test_two_processes(recipe_factory, tmp_path):
     a = load_file(tmp_path / "part" / "checkpoints" / "last" / "model.safetensors")
     b = load_file(tmp_path / "full" / "checkpoints" / "last" / "model.safetensors")
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+
+
+def test_accelerate_launch_with_the_documented_config(recipe_factory, tmp_path):
+    # the command docs/scale_out.md gives, with the config file shipped in examples/accelerate/
+    config = Path(__file__).parents[2] / "examples" / "accelerate" / "cpu_2_processes.yaml"
+    recipe = recipe_factory(train={"max_steps": 2, "eval_every": 1, "num_threads": 1})
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "-m", "textune.cli"]
+    out = subprocess.run(
+        [*cmd, "train", str(recipe), "--out", str(tmp_path / "run")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["steps"] == 2
+    assert len(pd.read_csv(tmp_path / "run" / "predictions" / "validation.csv")) == summary["validation_rows"] == 24
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"ACCELERATE_USE_FSDP": "true"}, "asks for FSDP"),
+        ({"ACCELERATE_USE_DEEPSPEED": "true"}, "asks for DeepSpeed"),
+        ({"WORLD_SIZE": "2"}, "give --out RUN_DIR"),
+    ],
+)
+def test_unsupported_launch_setups_fail_before_writing(recipe_factory, tmp_path, monkeypatch, capsys, env, message):
+    recipe = recipe_factory(train={"max_steps": 1}, output={"dir": str(tmp_path / "runs")})
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert main(["train", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()

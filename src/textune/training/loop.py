@@ -182,6 +182,7 @@ def train(
         TextuneError: bad recipe or data (nothing is written), or a run that cannot be resumed.
         TrainingInterrupted: Ctrl-C; a resumable checkpoint was written first.
     """
+    _check_launch(out, resume)
     if resume is not None:
         run_dir, recipe = _resolve_resume(resume, recipe)
     elif recipe is None:
@@ -218,6 +219,30 @@ def train(
             resume is not None,
             interrupt,
             callbacks or [],
+        )
+
+
+# Accelerate's sharded engines: textune's loop evaluates and checkpoints whole weights in every process
+_SHARDED_ENGINES = {
+    "ACCELERATE_USE_FSDP": "FSDP",
+    "ACCELERATE_USE_DEEPSPEED": "DeepSpeed",
+    "ACCELERATE_USE_MEGATRON_LM": "Megatron-LM",
+}
+
+
+def _check_launch(out: str | Path | None, resume: str | Path | None) -> None:
+    """What a launcher (torchrun, accelerate launch) set up must suit the loop, before anything is written."""
+    for var, engine in _SHARDED_ENGINES.items():
+        if os.environ.get(var, "").lower() in ("1", "true", "yes"):
+            raise TextuneError(
+                f"train: the Accelerate config asks for {engine}, which textune does not support yet (its evaluation "
+                "and checkpoints need whole weights in each process); use distributed_type: MULTI_GPU (data "
+                "parallel, examples/accelerate/), and for memory train.gradient_checkpointing or batch_size: auto"
+            )
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and out is None and resume is None:
+        raise TextuneError(
+            "train: under torchrun / accelerate launch, give --out RUN_DIR (on a filesystem every process sees) "
+            "so that all processes write one run directory"
         )
 
 
