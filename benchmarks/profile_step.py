@@ -1,0 +1,135 @@
+"""Where a training step's time goes: torch.profiler over textune's own steps, grouped by kind of work.
+
+    python benchmarks/profile_step.py --data ../shared/data/ag_news/train_12k.csv --steps 12
+
+Loads the model (default: bundled:minilm, all-MiniLM-L6-v2) as textune does, tokenizes the texts with textune's
+tokenizer path, builds length-grouped steps with ``train_steps`` and profiles forward + backward + clipping + AdamW,
+the work of textune's loop. Prints each kind's share of CPU time and the step's model FLOPs utilisation against a
+measured fp32 matmul peak. Options: ``--max-tokens`` (token-budget batches), ``--compile`` (torch.compile).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import defaultdict
+
+import numpy as np
+import pandas as pd
+import torch
+
+from textune.data.batching import collate, train_steps
+from textune.data.tokenize import tokenize
+from textune.models.backbone import load_classifier, load_tokenizer, resolve_model_path
+from textune.recipe import TrainConfig
+from textune.training.optim import build_optimizer
+
+# aten op name fragments -> kind of work (first match wins)
+KINDS = [
+    ("matmul", ("addmm", "aten::mm", "bmm", "matmul", "aten::linear")),
+    ("attention", ("scaled_dot_product", "softmax", "_flash", "_efficient_attention")),
+    ("optimizer", ("adam", "_foreach", "aten::lerp", "aten::addcdiv", "aten::addcmul", "aten::sqrt")),
+    ("layer norm", ("layer_norm",)),
+    ("gelu", ("gelu",)),
+    ("dropout", ("dropout", "bernoulli", "native_dropout")),
+    ("embedding", ("embedding",)),
+    ("grad clipping", ("norm", "clamp", "aten::stack")),
+    ("zero / copy / fill", ("zero_", "fill_", "copy_", "aten::to", "empty")),
+    ("elementwise", ("aten::add", "aten::mul", "aten::div", "aten::sub", "aten::where", "aten::sum")),
+]
+
+
+def kind_of(name: str) -> str:
+    for kind, parts in KINDS:
+        if any(p in name for p in parts):
+            return kind
+    return "other"
+
+
+def matmul_peak(n: int = 1024, seconds: float = 2.0) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best, t_end = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < t_end:
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", required=True)
+    p.add_argument("--model", default="bundled:minilm")
+    p.add_argument("--rows", type=int, default=2000)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-tokens", type=int, default=None)
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--top", type=int, default=0, help="Also print the N aten ops with the most self time.")
+    args = p.parse_args()
+
+    df = pd.read_csv(args.data, keep_default_na=False).head(args.rows)
+    labels = {v: i for i, v in enumerate(sorted(df["label"].astype(str).unique()))}
+    tokenizer = load_tokenizer(resolve_model_path(args.model))
+    encoded, _ = tokenize(tokenizer, df["text"].tolist(), args.max_length)
+    targets = df["label"].astype(str).map(labels).to_numpy()
+    model, _ = load_classifier(args.model, {"num_labels": len(labels)})
+    cfg = TrainConfig(lr=5e-5)
+    optimizer = build_optimizer(model, cfg, torch.device("cpu"))
+    fwd = torch.compile(model) if args.compile else model
+    steps = train_steps(encoded.lengths, 42, 0, args.batch_size, 1, True, args.max_tokens)
+    pad_id = tokenizer.pad_token_id or 0
+    non_embedding = sum(p.numel() for n, p in model.named_parameters() if "embeddings" not in n)
+
+    def run(step) -> int:
+        tokens = 0
+        for mb in step:
+            batch = collate(encoded, mb, pad_id)
+            out = fwd(**batch).logits
+            torch.nn.functional.cross_entropy(out, torch.from_numpy(targets[mb])).backward()
+            tokens += int(batch["attention_mask"].sum())
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return tokens
+
+    model.train()
+    for step in steps[: args.warmup]:
+        run(step)
+    chosen = steps[args.warmup : args.warmup + args.steps]
+    t0 = time.perf_counter()
+    tokens = sum(run(step) for step in chosen)
+    wall = time.perf_counter() - t0
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for step in chosen:
+            run(step)
+    by_kind: dict[str, float] = defaultdict(float)
+    for evt in prof.key_averages():
+        if evt.key.startswith("aten::"):  # self time of aten ops: no double counting through nested calls
+            by_kind[kind_of(evt.key)] += evt.self_cpu_time_total
+    total = sum(by_kind.values())
+    rows = sum(len(mb) for step in chosen for mb in step)
+    padded = sum(len(mb) * int(encoded.lengths[mb].max()) for step in chosen for mb in step)
+    peak = matmul_peak()
+    achieved = 6 * non_embedding * tokens / wall
+    print(
+        f"{len(chosen)} steps, {rows} rows, {tokens} tokens ({tokens / padded:.1%} of padded), {wall:.1f} s, "
+        f"{rows / wall:.1f} samples/s, {torch.get_num_threads()} threads"
+    )
+    print(
+        f"model FLOPs {achieved / 1e9:.1f} GFLOP/s = {achieved / peak:.1%} of the fp32 matmul peak "
+        f"({peak / 1e9:.1f} GFLOP/s, 1024^2)"
+    )
+    print("| kind of work | share of op time |\n| --- | ---: |")
+    for kind, t in sorted(by_kind.items(), key=lambda kv: -kv[1]):
+        print(f"| {kind} | {t / total:.1%} |")
+    if args.top:
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.top))
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=3)
+    main()
