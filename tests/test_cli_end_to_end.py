@@ -33,6 +33,19 @@ def test_check_reports_counts_and_truncation(recipe_factory, capsys):
     assert truncated > 0
 
 
+@pytest.mark.parametrize("batching", [{"batch_size": 16}, {"max_tokens": 150}], ids=["rows", "max_tokens"])
+def test_check_plans_the_batches_that_training_runs(recipe_factory, tmp_path, capsys, batching):
+    recipe = recipe_factory(train={"eval_every": None, **batching})
+    assert main(["check", str(recipe)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "batches:" in x)
+    planned = int(line.split("batches:")[1].split()[0])
+    if "batch_size" in batching:
+        assert planned == 14  # ceil(216 / 16)
+        assert "of 8-16 (mean 15.4) rows" in line
+    assert main(["train", str(recipe), "--out", str(tmp_path / "run")]) == 0
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == planned
+
+
 def test_train_evaluate_predict(recipe_factory, news, tmp_path, capsys):
     recipe = recipe_factory(data={"validation": str(news["valid"]), "test": str(news["test"])}, train={"epochs": 3})
     run = tmp_path / "run"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from textune.data.batching import train_steps
 from textune.data.io import template_columns
 from textune.data.prepare import load_splits
 from textune.data.tokenize import CHARS_PER_TOKEN_CAP
@@ -62,8 +63,32 @@ def check_recipe(recipe: Recipe) -> dict:
         if split.targets is not None and labels and split.targets.ndim == 1:
             counts = np.bincount(split.targets, minlength=len(labels))
             info["label_counts"] = {lab: int(c) for lab, c in zip(labels, counts, strict=True)}
+        if name == "train" and "windows" not in info and not recipe.data.text_pair and recipe.task != "preference":
+            info["batches"] = batch_plan(recipe, np.minimum(lengths, recipe.data.max_length))
         report["splits"][name] = info
     return report
+
+
+def batch_plan(recipe: Recipe, lengths: np.ndarray) -> dict:
+    """What an epoch of training batches looks like (epoch 0, one process): steps, rows, padding."""
+    from textune.training.batch_size import rows_and_accum
+
+    cfg = recipe.train
+    rows, accum = rows_and_accum(cfg)
+    steps = train_steps(lengths, cfg.seed, 0, rows, accum, cfg.group_by_length, cfg.max_tokens)
+    micro = [mb for step in steps for mb in step]
+    padded = sum(len(mb) * int(lengths[mb].max()) for mb in micro)
+    return {
+        "steps_per_epoch": len(steps),
+        "micro_batches": len(micro),
+        "rows_per_micro_batch": {
+            "min": min(map(len, micro)),
+            "mean": len(lengths) / len(micro),
+            "max": max(map(len, micro)),
+        },
+        "padding_share": 1 - int(lengths.sum()) / max(padded, 1),
+        "auto": cfg.batch_size == "auto",
+    }
 
 
 def format_report(report: dict) -> str:
@@ -88,4 +113,15 @@ def format_report(report: dict) -> str:
         lines.append(f"  empty texts: {info['empty_texts']}")
         if "label_counts" in info:
             lines.append("  labels: " + ", ".join(f"{k} {v}" for k, v in info["label_counts"].items()))
+        if "batches" in info:
+            b = info["batches"]
+            rows = b["rows_per_micro_batch"]
+            size = (
+                f"{rows['min']}-{rows['max']} (mean {rows['mean']:.1f})" if rows["min"] != rows["max"] else rows["max"]
+            )
+            note = "; batch_size auto: the micro-batch size is found when training starts" if b["auto"] else ""
+            lines.append(
+                f"  batches: {b['steps_per_epoch']} steps per epoch, {b['micro_batches']} micro-batches of {size} "
+                f"rows, {100 * b['padding_share']:.1f}% padding{note}"
+            )
     return "\n".join(lines)
