@@ -58,7 +58,9 @@ def test_two_processes(recipe_factory, tmp_path):
 def test_accelerate_launch_with_the_documented_config(recipe_factory, tmp_path):
     # the command docs/scale_out.md gives, with the config file shipped in examples/accelerate/
     config = Path(__file__).parents[2] / "examples" / "accelerate" / "cpu_2_processes.yaml"
-    recipe = recipe_factory(train={"max_steps": 2, "eval_every": 1, "num_threads": 1})
+    # batch_size auto: each process probes, and all agree on the smallest size found
+    auto = {"batch_size": "auto", "effective_batch_size": 16}
+    recipe = recipe_factory(train={"max_steps": 2, "eval_every": 1, "num_threads": 1, **auto})
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "-m", "textune.cli"]
     out = subprocess.run(
         [*cmd, "train", str(recipe), "--out", str(tmp_path / "run")],
@@ -70,6 +72,7 @@ def test_accelerate_launch_with_the_documented_config(recipe_factory, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["steps"] == 2
+    assert summary["batching"]["rows_per_step"] == 16 and summary["batching"]["micro_batch_size"] == 16
     assert len(pd.read_csv(tmp_path / "run" / "predictions" / "validation.csv")) == summary["validation_rows"] == 24
 
 
