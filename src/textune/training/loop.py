@@ -388,6 +388,7 @@ def _train_in(
 
     def validate() -> None:
         """Evaluates, logs, tells the callbacks and keeps the best weights so far."""
+        settle()
         metrics = evaluate()
         if accelerator.is_main_process:
             _atomic.append_jsonl(metrics_path, {"step": state["step"], "split": "validation", **metrics})
@@ -401,6 +402,7 @@ def _train_in(
             state["bad_evals"] += 1
 
     def checkpoint() -> None:
+        settle()  # never save weights a non-finite step has touched
         # every process's dropout stream must resume where it stopped: the main process saves them all
         rngs = [rng_state()]
         if world > 1:
@@ -424,6 +426,28 @@ def _train_in(
     # resumed run logs the same numbers as an uninterrupted one.
     window_loss, window_n = state.get("log_window", (0.0, 0))
     t_window = time.perf_counter()
+    # Losses stay on the device until a log, evaluation or checkpoint: reading one makes the host wait for the
+    # device, and on a GPU the host should be queueing the next step's work meanwhile.
+    pending: list[tuple[int, torch.Tensor]] = []
+    last_loss = float("nan")
+
+    def settle() -> None:
+        """Reads the pending steps' losses in one transfer and stops at the first non-finite one."""
+        nonlocal window_loss, last_loss
+        if not pending:
+            return
+        values = torch.stack([loss for _, loss in pending]).tolist()
+        bad = next((step for (step, _), v in zip(pending, values, strict=True) if not math.isfinite(v)), None)
+        pending.clear()
+        if bad is not None:
+            raise TextuneError(
+                f"training: non-finite loss at step {bad}; the last good checkpoint is kept in "
+                f"{ckpt_dir}; lower train.lr or use train.precision: fp32"
+            )
+        window_loss += sum(values)
+        last_loss = values[-1]
+        state["log_window"] = (window_loss, window_n)
+
     stop = state["done"]
     first_step = state["step"]
     while not stop and state["step"] < total_steps:
@@ -437,9 +461,10 @@ def _train_in(
         # process r takes group step*N + r; the last step of an epoch wraps around (as DistributedSampler pads)
         group = groups[(state["step_in_epoch"] * world + rank) % len(groups)]
         n_group = sum(len(mb) for mb in group)
-        step_loss = 0.0
+        step_loss = torch.zeros((), device=device)
         for j, mb in enumerate(group):
             micro = collate(train_split.encoded, mb, pad_id, train_split.extras)
+            state["tokens"] += int(micro["attention_mask"].sum())  # counted on the host: no device sync
             batch = to_device(micro, device)
             targets = move(torch.from_numpy(train_split.targets[mb]), device)
             # no_sync: under several processes, gradients are all-reduced once per step, not per micro-batch
@@ -449,13 +474,8 @@ def _train_in(
                 # weight each micro-batch by its share so the step's gradient is the mean over the group
                 loss = task.loss(logits, targets) * (len(mb) / n_group)
                 accelerator.backward(loss)
-            step_loss += float(loss.detach())
-            state["tokens"] += int(batch["attention_mask"].sum())
-        if not math.isfinite(step_loss):
-            raise TextuneError(
-                f"training: non-finite loss at step {state['step'] + 1}; the last good checkpoint is kept in "
-                f"{ckpt_dir}; lower train.lr or use train.precision: fp32"
-            )
+            step_loss += loss.detach().float()
+        pending.append((state["step"] + 1, step_loss))
         if cfg.max_grad_norm is not None:
             accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         optimizer.step()
@@ -466,17 +486,16 @@ def _train_in(
         state["step_in_epoch"] += 1
         state["samples"] += n_group * world
         state["train_seconds"] += time.perf_counter() - t_step
-        window_loss += step_loss
         window_n += 1
-        state["log_window"] = (window_loss, window_n)
         bar.update(1)
         bar.set_postfix(
-            loss=f"{step_loss:.4f}", samples_s=f"{state['samples'] / max(state['train_seconds'], 1e-9):.1f}"
+            loss=f"{last_loss:.4f}", samples_s=f"{state['samples'] / max(state['train_seconds'], 1e-9):.1f}"
         )
 
         at_end = state["step"] >= total_steps
         end_of_epoch = state["step_in_epoch"] >= steps_per_epoch
         if state["step"] % cfg.log_every == 0 or at_end:
+            settle()
             rec = {
                 "step": state["step"],
                 "epoch": round(state["epoch"] + state["step_in_epoch"] / steps_per_epoch, 4),
