@@ -429,7 +429,7 @@ def _train_in(
     # Losses stay on the device until a log, evaluation or checkpoint: reading one makes the host wait for the
     # device, and on a GPU the host should be queueing the next step's work meanwhile.
     pending: list[tuple[int, torch.Tensor]] = []
-    last_loss = float("nan")
+    last_loss: float | None = None  # the newest loss read from the device, for the progress bar
 
     def settle() -> None:
         """Reads the pending steps' losses in one transfer and stops at the first non-finite one."""
@@ -488,9 +488,8 @@ def _train_in(
         state["train_seconds"] += time.perf_counter() - t_step
         window_n += 1
         bar.update(1)
-        bar.set_postfix(
-            loss=f"{last_loss:.4f}", samples_s=f"{state['samples'] / max(state['train_seconds'], 1e-9):.1f}"
-        )
+        shown = {"loss": f"{last_loss:.4f}"} if last_loss is not None else {}
+        bar.set_postfix(**shown, samples_s=f"{state['samples'] / max(state['train_seconds'], 1e-9):.1f}")
 
         at_end = state["step"] >= total_steps
         end_of_epoch = state["step_in_epoch"] >= steps_per_epoch
