@@ -282,8 +282,16 @@ def _train_in(
     world, rank = accelerator.num_processes, accelerator.process_index
     rows_per_step, accum = rows_and_accum(cfg)
 
+    planned: dict[int, list[list[np.ndarray]]] = {}
+
     def epoch_steps(epoch: int) -> list[list[np.ndarray]]:
-        return train_steps(lengths, cfg.seed, epoch, rows_per_step, accum, cfg.group_by_length, cfg.max_tokens)
+        """The epoch's steps, computed once per epoch (``accum`` is final once the batch size is known)."""
+        if epoch not in planned:
+            planned.clear()
+            planned[epoch] = train_steps(
+                lengths, cfg.seed, epoch, rows_per_step, accum, cfg.group_by_length, cfg.max_tokens
+            )
+        return planned[epoch]
 
     # under N processes each optimizer step consumes N groups of micro-batches, one per process
     steps_per_epoch = math.ceil(len(epoch_steps(0)) / world)
@@ -311,6 +319,7 @@ def _train_in(
             torch.distributed.all_reduce(found, op=torch.distributed.ReduceOp.MIN)
             micro_size = int(found.item())
         accum = plan_micro_batches(rows_per_step, micro_size)
+        planned.clear()  # steps planned before the probe split into the old number of micro-batches
         micro_size = math.ceil(rows_per_step / accum)
         log.info(
             "train.batch_size auto: micro-batches of %d rows, %d per step of %d rows", micro_size, accum, rows_per_step
