@@ -130,6 +130,12 @@ def test_class_too_small_to_stratify_warns_and_recipe_silences(small, capsys, ca
     assert "labels:" in capsys.readouterr().out
 
 
+def test_train_label_missing_from_data_labels(small, capsys):
+    labels = ["World", "Sports", "Business"]  # Sci/Tech is in the file
+    line = fails(capsys, "check", small(make_news(40), data={"labels": labels}))
+    assert "label(s) ['Sci/Tech'] in column 'label' are not in data.labels; add them to data.labels" in line
+
+
 @pytest.mark.parametrize("split", ["validation", "test"])
 def test_label_unseen_in_train(small, tmp_path, capsys, split):
     other = make_news(20, seed=3)

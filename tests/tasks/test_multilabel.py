@@ -56,6 +56,14 @@ def test_targets_from_delimited_strings_and_from_columns():
         cols.targets(pd.DataFrame({"x": ["1", "2"], "y": ["0", "0"]}), "f.csv", "train")
 
 
+def test_train_labels_outside_data_labels_are_refused():
+    task = _task(labels=["money", "sport"])
+    with pytest.raises(TextuneError, match=r"f.csv: label\(s\) \['tech'\] in column 'tags' are not in data.labels"):
+        task.fit(pd.DataFrame({"tags": ["sport|tech", "money"]}), "f.csv")
+    task.fit(pd.DataFrame({"tags": ["sport", "money|sport"]}), "f.csv")
+    assert task.labels == ["money", "sport"]
+
+
 def test_thresholds_tuned_per_label_beat_the_default():
     rng = np.random.default_rng(0)
     truth = rng.integers(0, 2, (200, 2)).astype(np.float32)

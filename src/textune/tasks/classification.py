@@ -15,6 +15,15 @@ from textune.errors import TextuneError
 from textune.tasks.base import Task
 
 
+def check_known_labels(seen: list[str], labels: list[str], path: str | Path, col: str) -> None:
+    """Every label found in the training data must be one of the recipe's ``data.labels``."""
+    extra = sorted(set(seen) - set(labels))
+    if extra:
+        raise TextuneError(
+            f"{path}: label(s) {extra[:5]} in column '{col}' are not in data.labels; add them to data.labels"
+        )
+
+
 def label_model_kwargs(labels: list[str]) -> dict[str, Any]:
     """``from_pretrained`` arguments that name the head's outputs after the labels (saved in config.json)."""
     return {
@@ -70,11 +79,7 @@ class ClassificationTask(Task):
         self._check_missing(labels, path, "train")
         seen = sorted(set(labels), key=_natural_key)
         if self.labels:
-            extra = sorted(set(seen) - set(self.labels))
-            if extra:
-                raise TextuneError(
-                    f"{path}: label(s) {extra[:5]} in column '{col}' are not in data.labels; add them to data.labels"
-                )
+            check_known_labels(seen, self.labels, path, col)
         else:
             self.labels = seen
         if len(set(seen)) < 2:

@@ -19,7 +19,7 @@ from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_su
 from textune import _atomic
 from textune.errors import TextuneError
 from textune.tasks.base import Task
-from textune.tasks.classification import label_model_kwargs
+from textune.tasks.classification import check_known_labels, label_model_kwargs
 
 GRID = np.round(np.arange(0.05, 0.951, 0.05), 2)
 
@@ -69,11 +69,7 @@ class MultilabelTask(Task):
         if not d.label_columns:
             seen = sorted({lab for s in self._sets(train) for lab in s})
             if d.labels:
-                extra = sorted(set(seen) - set(d.labels))
-                if extra:
-                    raise TextuneError(
-                        f"{path}: label(s) {extra[:5]} in column '{d.label}' are not in data.labels; add them"
-                    )
+                check_known_labels(seen, d.labels, path, d.label)
             else:
                 self.labels = seen
         if not self.labels:
