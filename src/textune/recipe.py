@@ -401,7 +401,8 @@ class Recipe(_Section):
         return v
 
     @model_validator(mode="after")
-    def _labels_unique(self) -> Recipe:
+    def _consistent(self) -> Recipe:
+        """Checks across sections."""
         labels = self.data.labels
         if labels is not None and len(set(labels)) != len(labels):
             raise ValueError("data.labels: lists a label twice; give each label once")

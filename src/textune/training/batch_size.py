@@ -5,7 +5,6 @@ rows per optimizer step (``train.effective_batch_size``)."""
 from __future__ import annotations
 
 import copy
-import logging
 import math
 from collections.abc import Callable
 
@@ -13,11 +12,9 @@ import numpy as np
 import torch
 from accelerate.utils import find_executable_batch_size
 
-from textune.data.batching import collate, to_device
+from textune.data.batching import collate, move, to_device
 from textune.errors import TextuneError
 from textune.recipe import TrainConfig
-
-log = logging.getLogger("textune")
 
 DEFAULT_EFFECTIVE = 32
 
@@ -45,7 +42,7 @@ def find_micro_batch(rows: int, try_step: Callable[[int], None], where: str) -> 
             raise
         raise TextuneError(
             f"train.batch_size: auto: not even one of the longest training rows fits in memory on {where}; "
-            "lower model.max_length or set train.gradient_checkpointing: true"
+            "lower data.max_length or set train.gradient_checkpointing: true"
         ) from None
 
 
@@ -65,7 +62,7 @@ def trial_step(model, optimizer, task, split, pad_id: int, device: torch.device,
         try:
             with torch.random.fork_rng(devices=rng_devices):
                 batch = to_device(collate(split.encoded, idx, pad_id, split.extras), device)
-                targets = torch.from_numpy(split.targets[idx]).to(device)
+                targets = move(torch.from_numpy(split.targets[idx]), device)
                 model.train()
                 with autocast():
                     loss = task.loss(model(**batch).logits, targets)
