@@ -30,7 +30,9 @@ def test_find_micro_batch_shrinks_until_it_fits():
 
 
 def test_find_micro_batch_gives_up_with_a_fix_and_passes_other_errors():
-    with pytest.raises(TextuneError, match="train.batch_size: auto.*lower data.max_length or set train.gradient_checkpointing"):
+    with pytest.raises(
+        TextuneError, match="train.batch_size: auto.*lower data.max_length or set train.gradient_checkpointing"
+    ):
         find_micro_batch(8, _oom_above(0, []), "cuda:0")
 
     def broken(n: int) -> None:
