@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -61,15 +62,30 @@ def test_accelerate_launch_with_the_documented_config(recipe_factory, tmp_path):
     # batch_size auto: each process probes, and all agree on the smallest size found
     auto = {"batch_size": "auto", "effective_batch_size": 16}
     recipe = recipe_factory(train={"max_steps": 2, "eval_every": 1, "num_threads": 1, **auto})
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "-m", "textune.cli"]
+    # a free port rather than the config's 29500, which another program on the machine may hold
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
     out = subprocess.run(
-        [*cmd, "train", str(recipe), "--out", str(tmp_path / "run")],
+        [
+            *launch,
+            "--main_process_port",
+            str(port),
+            "-m",
+            "textune.cli",
+            "train",
+            str(recipe),
+            "--out",
+            str(tmp_path / "run"),
+        ],
         cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=300,
     )
-    assert out.returncode == 0, out.stderr[-2000:]
+    # both processes' output: when one dies, its own error is above the launcher's summary
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-8000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["steps"] == 2
     assert summary["batching"]["rows_per_step"] == 16 and summary["batching"]["micro_batch_size"] == 16

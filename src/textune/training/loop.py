@@ -557,7 +557,12 @@ def _train_in(
             state["step_in_epoch"] = 0
     bar.close()
 
-    # 5. Final: best model on validation (and test), predictions, plots, summary, manifest. One process does it.
+    # 5. Final: best model on validation (and test), predictions, plots, summary, manifest. One process does it,
+    # without collectives: the processes first leave the process group together (Accelerate's end_training), so
+    # none exits while a peer still holds a connection to it.
+    if world > 1:
+        accelerator.wait_for_everyone()
+        accelerator.end_training()
     if not accelerator.is_main_process:
         return run_dir
     return _finish(
