@@ -353,9 +353,9 @@ def _damage(run: Path, how: str) -> None:
         data[-1] ^= 0xFF
         weights.write_bytes(bytes(data))
     elif how == "labels-edited":
-        labels = json.loads((run / "labels.json").read_text())
+        labels = json.loads((run / "task.json").read_text())
         labels["labels"] = labels["labels"][::-1]
-        (run / "labels.json").write_text(json.dumps(labels))
+        (run / "task.json").write_text(json.dumps(labels))
     elif how == "planted-pickle":
         (run / "model" / "pytorch_model.bin").write_bytes(pickle.dumps({"x": 1}))
     elif how == "manifest-garbage":
@@ -371,7 +371,7 @@ def _damage(run: Path, how: str) -> None:
         ("no-model-config", "incomplete run directory (model/config.json missing)"),
         ("newer", "written by a newer textune"),
         ("corrupted", "checksum mismatch for model/model.safetensors"),
-        ("labels-edited", "checksum mismatch for labels.json"),
+        ("labels-edited", "checksum mismatch for task.json"),
         ("planted-pickle", "model/pytorch_model.bin is not listed in manifest.json"),
         ("manifest-garbage", "manifest.json: not valid JSON"),
         ("manifest-list", "manifest.json: has no file checksums"),
@@ -407,3 +407,127 @@ def test_malicious_checkpoint_is_not_unpickled(trained, tmp_path, capsys):
     line = fails(capsys, "train", "--resume", run)
     assert "checkpoints/last: checkpoint is unreadable" in line
     assert not marker.exists()
+
+
+# ------------------------------------------------------------------------------- headers, formats, row wording
+
+
+@pytest.mark.parametrize("sep", [",", "\t"])
+def test_duplicate_raw_header_name_is_refused(small, tmp_path, capsys, sep):
+    # pandas silently renames the second 'title' to 'title.1'; the raw header must be checked
+    suffix = ".csv" if sep == "," else ".tsv"
+    header = sep.join(["id", "title", "title", "label"])
+    write_csv(tmp_path / f"train{suffix}", f"{header}\n1{sep}a{sep}b{sep}World\n2{sep}c{sep}d{sep}Sports\n")
+    line = fails(capsys, "check", small(suffix=suffix))
+    assert f"{tmp_path / f'train{suffix}'}: column name 'title' appears twice in the header" in line
+    assert "rename" in line
+
+
+def test_header_name_that_looks_mangled_is_accepted(tmp_path):
+    # a real column named 'title.1' next to 'title' is no duplicate
+    path = write_csv(tmp_path / "t.csv", "title,title.1,,\na,b,c,d\n")
+    assert list(read_table(path).columns)[:2] == ["title", "title.1"]
+
+
+def test_corrupt_parquet_gets_parquet_advice(small, tmp_path, capsys):
+    (tmp_path / "train.parquet").write_bytes(b"PAR1" + b"garbage" * 20 + b"PAR1")
+    line = fails(capsys, "check", small(suffix=".parquet"))
+    assert f"{tmp_path / 'train.parquet'}: cannot be parsed as parquet" in line
+    assert "is the file corrupted or not Parquet?" in line and "quoting" not in line
+
+
+def test_unparseable_jsonl_gets_jsonl_advice(tmp_path, monkeypatch):
+    from textune.data import io as data_io
+    from textune.errors import TextuneError
+
+    path = write_csv(tmp_path / "t.jsonl", '{"a": 1}\n')
+
+    def broken(*a, **k):
+        raise ValueError("Trailing data")
+
+    monkeypatch.setattr(data_io.pd, "read_json", broken)
+    with pytest.raises(TextuneError) as exc:
+        read_table(path)
+    assert "cannot be parsed as jsonl (Trailing data)" in str(exc.value)
+    assert "one JSON object per line" in str(exc.value) and "quoting" not in str(exc.value)
+
+
+def test_row_ref_names_data_row_and_file_line():
+    from textune.data.io import row_ref
+
+    assert row_ref(0) == "data row 1 (file line 2)"
+    assert row_ref(9) == "data row 10 (file line 11)"
+    assert row_ref(4, file_line=9) == "data row 5 (file line 9)"
+
+
+def test_ragged_csv_row_names_data_row_and_file_line(small, tmp_path, capsys):
+    # a quoted cell over three lines and a blank line: the file line is counted, not guessed
+    text = 'id,title,description,label\n1,"a\nb\nc",x,World\n\n2,d,e,Sports\n3,f,g,h,Sports\n'
+    write_csv(tmp_path / "train.csv", text)
+    line = fails(capsys, "check", small())
+    assert "data row 3 (file line 7) has 5 fields but the header has 4" in line
+    assert "check quoting and delimiters" in line
+
+
+def test_invalid_jsonl_line_names_data_row_and_file_line(small, tmp_path, capsys):
+    write_csv(tmp_path / "train.jsonl", '{"id": 1}\n\n{"id": 2\n')
+    line = fails(capsys, "check", small(suffix=".jsonl"))
+    assert "data row 2 (file line 3) is not valid JSON" in line and "one JSON object per line" in line
+
+
+# --------------------------------------------------------------------------------------------- CLI bounds
+
+
+@pytest.mark.parametrize(
+    ("argv", "option"),
+    [
+        (["train", "nope.yaml", "--processes", "0"], "--processes"),
+        (["train", "nope.yaml", "--processes", "-1"], "--processes"),
+        (["train", "nope.yaml", "--processes", "two"], "--processes"),
+        (["params", "nope.yaml", "--num-labels", "0"], "--num-labels"),
+        (["params", "nope.yaml", "--num-labels", "-3"], "--num-labels"),
+        (["embed", "nope", "--input", "nope.csv", "--output", "e.npy", "--batch-size", "0"], "--batch-size"),
+        (["embed", "nope", "--input", "nope.csv", "--output", "e.npy", "--max-length", "-5"], "--max-length"),
+        (["embed", "nope", "--input", "nope.csv", "--output", "e.npy", "--max-length", "4"], "--max-length"),
+    ],
+)
+def test_numeric_option_bounds(tmp_path, monkeypatch, capsys, argv, option):
+    monkeypatch.chdir(tmp_path)  # nothing may be written, and surely not into the repository
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and option in lines[0], err
+    assert "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------------- startup time
+
+
+def _heavy_imports(stderr: str) -> list[str]:
+    """Modules named in ``-X importtime`` output that belong to torch or transformers."""
+    names = [line.rsplit("|", 1)[-1].strip() for line in stderr.splitlines() if line.startswith("import time:")]
+    return [n for n in names if n.split(".")[0] in ("torch", "transformers")]
+
+
+@pytest.mark.parametrize("command", ["check", "train", "params", "baseline", "tune"])
+def test_recipe_typo_is_reported_before_torch_is_imported(tmp_path, command):
+    import subprocess
+    import sys
+
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("train:\n  epochz: 2\n")
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "textune.cli", command, str(recipe)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if not line.startswith("import time:")]
+    assert errors == [f"error: {recipe}: unknown key 'train.epochz' (did you mean 'epochs'?)"], errors
+    assert _heavy_imports(proc.stderr) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]

@@ -51,7 +51,7 @@ def test_baselines_score_the_fine_tunes_validation_split(recipe_factory, tmp_pat
         np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-6)
         assert s["main_metric"] == "accuracy"
         assert s["train_seconds"] > 0 and s["train_samples_per_s"] > 0
-        for name in ("report.html", "plots/confusion_matrix.png", "recipe.yaml", "labels.json", "manifest.json"):
+        for name in ("report.html", "plots/confusion_matrix.png", "recipe.yaml", "task.json", "manifest.json"):
             assert (base / name).is_file(), (kind, name)
     tfidf = _summary(out / "recipe-baseline-tfidf")
     # topic words decide the synthetic label: a bag of n-grams must nail it
@@ -99,8 +99,11 @@ def test_baseline_refuses_to_overwrite_a_run_and_unknown_kinds(recipe_factory, t
         main(["baseline", str(recipe), "--kind", "bm25"])
 
 
-def _stub_task(num_outputs, labels=None):
-    return SimpleNamespace(name="stub", num_outputs=num_outputs, labels=labels)
+def _stub_task(num_outputs, labels=None, outputs="classes"):
+    """A task as the baseline sees it: its output size and what kind of outputs a linear model must give."""
+    return SimpleNamespace(
+        name="stub", num_outputs=num_outputs, labels=labels, baseline_outputs=lambda: outputs, to_outputs=lambda y: y
+    )
 
 
 def test_linear_model_matches_the_targets_shape():
@@ -118,19 +121,19 @@ def test_linear_model_matches_the_targets_shape():
     assert lin.parameters == 5 + 1  # two classes seen: sklearn keeps a single weight row
     # numeric targets: ridge, raw values
     yr = (X @ np.arange(5.0)).astype(np.float32)
-    lin = _Linear(_stub_task(1), yr, seed=0)
+    lin = _Linear(_stub_task(1, outputs="values"), yr, seed=0)
     lin.fit(X, yr)
-    assert lin.kind == "regression"
+    assert lin.kind == "values"
     assert np.corrcoef(lin.scores(X)[:, 0], yr)[0, 1] > 0.99
     # multi-label 0/1 matrix: one-vs-rest logits
     ym = np.stack([X[:, 0] > 0, X[:, 1] > 0], axis=1).astype(np.float32)
-    lin = _Linear(_stub_task(2), ym, seed=0)
+    lin = _Linear(_stub_task(2, outputs="per_label"), ym, seed=0)
     lin.fit(X, ym)
-    assert lin.kind == "multilabel"
+    assert lin.kind == "per_label"
     assert ((lin.scores(X) > 0) == ym.astype(bool)).mean() > 0.9
     # ordinal CORAL head: k-1 cumulative logits whose sigmoid is P(level > threshold)
     y3 = np.digitize(X[:, 0], [-0.5, 0.5])  # 3 ordered levels
-    lin = _Linear(SimpleNamespace(name="stub", num_outputs=2, labels=["lo", "mid", "hi"], coral=True), y3, seed=0)
+    lin = _Linear(_stub_task(2, ["lo", "mid", "hi"], outputs="cumulative"), y3, seed=0)
     lin.fit(X, y3)
     assert lin.kind == "cumulative"
     above = 1 / (1 + np.exp(-lin.scores(X)))

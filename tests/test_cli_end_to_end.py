@@ -56,7 +56,7 @@ def test_train_evaluate_predict(recipe_factory, news, tmp_path, capsys):
     for name in (
         "recipe.yaml",
         "manifest.json",
-        "labels.json",
+        "task.json",
         "metrics.jsonl",
         "summary.json",
         "report.html",
@@ -78,7 +78,7 @@ def test_train_evaluate_predict(recipe_factory, news, tmp_path, capsys):
     manifest = json.loads((run / "manifest.json").read_text())
     assert set(manifest["data_sha256"]) == {"train", "validation", "test"}
     assert "model/model.safetensors" in manifest["files_sha256"]
-    assert json.loads((run / "labels.json").read_text())["labels"] == [
+    assert json.loads((run / "task.json").read_text())["labels"] == [
         "Business",
         "Sci/Tech",
         "Sports",
@@ -103,9 +103,10 @@ def test_train_evaluate_predict(recipe_factory, news, tmp_path, capsys):
     proba_path = tmp_path / "proba.csv"
     assert main(["predict", str(run), "--input", str(news["test"]), "--output", str(proba_path), "--proba"]) == 0
     proba = pd.read_csv(proba_path)
-    assert proba.columns.tolist() == ["id", "Business", "Sci/Tech", "Sports", "World"]
-    assert proba.iloc[:, 1:].sum(axis=1).to_numpy() == pytest.approx(1.0, abs=1e-5)
-    assert (proba.iloc[:, 1:].idxmax(axis=1) == sub["label"]).all()
+    # --proba keeps the predicted label beside one probability column per class
+    assert proba.columns.tolist() == ["id", "label", "Business", "Sci/Tech", "Sports", "World"]
+    assert proba.iloc[:, 2:].sum(axis=1).to_numpy() == pytest.approx(1.0, abs=1e-5)
+    assert (proba.iloc[:, 2:].idxmax(axis=1) == sub["label"]).all() and (proba["label"] == sub["label"]).all()
 
     # Python API agrees with the CLI
     predictor = Predictor.load(run)

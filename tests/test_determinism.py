@@ -45,7 +45,7 @@ def test_same_seed_same_bytes_other_seed_other_weights(tmp_path, tiny_model, cap
         "model/model.safetensors",
         "checkpoints/last/model.safetensors",
         "checkpoints/last/optimizer.pt",
-        "labels.json",
+        "task.json",
     ):
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
     manifest_a, manifest_b = (json.loads((r / "manifest.json").read_text()) for r in (a, b))

@@ -14,7 +14,7 @@ from transformers import AutoModel, AutoModelForSequenceClassification, AutoToke
 from textune.cli import main
 from textune.embed import embed_texts, load_encoder, resolve_prefix
 from textune.recipe import dump_recipe, recipe_from_dict
-from textune.rundir import write_manifest
+from textune.run import write_manifest
 
 TEXTS = [
     "stocks rose",
@@ -107,7 +107,7 @@ def _fake_run(tmp_path, tiny_model, train_file):
     AutoTokenizer.from_pretrained(tiny_model).save_pretrained(run / "model")
     raw = {"data": {"train": str(train_file), "text": "{title}: {description}", "id": "id", "max_length": 16}}
     (run / "recipe.yaml").write_text(dump_recipe(recipe_from_dict(raw)))
-    (run / "labels.json").write_text(json.dumps({"task": "classification", "labels": ["a", "b", "c", "d"]}))
+    (run / "task.json").write_text(json.dumps({"task": "classification", "labels": ["a", "b", "c", "d"]}))
     write_manifest(run, seed=0, data_hashes={}, device="cpu")
     return run, model
 

@@ -99,7 +99,9 @@ DRIVER = textwrap.dedent(
             def write_manifest(*a, **k):
                 die()
 
-            loop.write_manifest = write_manifest
+            import textune.training.outputs as outputs
+
+            outputs.write_manifest = write_manifest
 
 
     for line in sys.stdin:
@@ -324,7 +326,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(setup, tmp_pat
 
 
 def test_stale_lock_from_dead_process_is_taken_over(setup, tmp_path, capsys):
-    from textune.rundir import RunLock
+    from textune.run import RunLock
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

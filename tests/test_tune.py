@@ -16,7 +16,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from textune import tune as tune_mod
+from textune.tune import search as tune_mod
+from textune.tune import study as study_mod
 from textune.cli import main
 from textune.data import tokenize as tokenize_mod
 from textune.errors import TextuneError
@@ -193,7 +194,7 @@ def _pg_url() -> str:
     import sqlalchemy
 
     try:
-        engine = sqlalchemy.create_engine(tune_mod._driver_url(url))
+        engine = sqlalchemy.create_engine(study_mod.driver_url(url))
         with engine.connect() as conn:
             conn.execute(sqlalchemy.text("SELECT 1"))
         engine.dispose()
@@ -211,7 +212,7 @@ def test_two_workers_share_one_postgresql_study(tune_recipe, tmp_path):
     try:
         outputs = [w.communicate(timeout=400)[0] for w in workers]
         assert [w.returncode for w in workers] == [0, 0], "\n".join(o[-2000:] for o in outputs)
-        trials = optuna.load_study(study_name=name, storage=tune_mod._driver_url(url)).trials
+        trials = optuna.load_study(study_name=name, storage=study_mod.driver_url(url)).trials
         assert sorted(t.number for t in trials) == [0, 1, 2]
         assert all(t.state.name == "COMPLETE" for t in trials)
         # every trial ran exactly once, in the worker that asked for it
@@ -226,4 +227,36 @@ def test_two_workers_share_one_postgresql_study(tune_recipe, tmp_path):
         for w in workers:
             if w.poll() is None:
                 w.kill()
-        optuna.delete_study(study_name=name, storage=tune_mod._driver_url(url))
+        optuna.delete_study(study_name=name, storage=study_mod.driver_url(url))
+
+
+@pytest.mark.parametrize(
+    ("task", "metric", "direction"),
+    [
+        ("regression", "mae", "minimize"),
+        ("regression", "rmse", "minimize"),
+        ("regression", "rmsle", "minimize"),
+        ("regression", "r2", "maximize"),
+        ("ordinal", "mean_abs_level_error", "minimize"),
+        ("ordinal", "qwk", "maximize"),
+        ("classification", "log_loss", "minimize"),
+        ("classification", "f1_macro", "maximize"),
+        ("preference", "accuracy", "maximize"),
+    ],
+)
+def test_study_direction_is_the_metrics_own(task, metric, direction):
+    """The task declares each metric's direction; tune, early stopping and compare read it (tune maximised mae)."""
+    from textune.recipe import recipe_from_dict
+
+    recipe = recipe_from_dict({"task": task, "tune": {"metric": metric}})
+    assert tune_mod._metric_and_direction(recipe) == (metric, direction)
+
+
+def test_unknown_tune_metric_is_refused_with_a_suggestion():
+    from textune.errors import TextuneError
+    from textune.recipe import recipe_from_dict
+    from textune.tasks import get_task
+
+    recipe = recipe_from_dict({"task": "regression", "tune": {"metric": "smap"}})
+    with pytest.raises(TextuneError, match=r"tune.metric: task regression reports no metric 'smap' \(did you mean"):
+        get_task("regression")(recipe)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from textune._version import __version__
 
 _API = {
     "Predictor": "textune.predict",

@@ -1,7 +1,7 @@
 """Quick references on the recipe's own split: TF-IDF + linear model, and frozen embeddings + linear model.
 
 ``textune baseline recipe.yaml`` answers "how much does fine-tuning buy over the cheap options?". Each baseline
-reads the data through :func:`textune.data.prepare.load_splits`, so its train/validation rows are exactly the
+reads the data through :func:`textune.prepare.prepare`, so its train/validation rows are exactly the
 fine-tune's (same seed, same stratified split), and scores validation (and a labelled test file) with the task's
 own metrics. scikit-learn does the modelling:
 
@@ -30,10 +30,12 @@ from typing import Any
 import numpy as np
 
 from textune import _atomic
-from textune.data.prepare import Split, data_hashes, load_splits
+from textune._math import logit
 from textune.errors import TextuneError
+from textune.prepare import Split, data_hashes, prepare
 from textune.recipe import Recipe, dump_recipe
-from textune.tasks import Task, get_task
+from textune.run import layout
+from textune.tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -160,36 +162,33 @@ class _Linear:
 
         self.task = task
         self.k = task.num_outputs
-        labels = getattr(task, "labels", None) or []
         logreg = f"logistic regression (C={LOGREG_C:g})"
-        integer = targets.ndim == 1 and np.issubdtype(targets.dtype, np.integer)
-        if integer and len(labels) == self.k:
-            self.kind = "classes"
+        self.kind = task.baseline_outputs()
+        labels = getattr(task, "labels", None) or []
+        expected = {"classes": self.k, "cumulative": self.k + 1}.get(self.kind)
+        if expected is not None and len(labels) != expected:  # the head does not match the label set
+            raise TextuneError(
+                f"baseline: task '{task.name}' has {self.k} outputs for {len(labels)} labels; it has no linear "
+                f"baseline yet; use textune train"
+            )
+        if self.kind in ("classes", "cumulative"):
             self.model = LogisticRegression(C=LOGREG_C, max_iter=2000, random_state=seed)
-            self.short, self.description = "logreg", logreg
-        elif integer and getattr(task, "coral", False) and len(labels) == self.k + 1:
-            self.kind = "cumulative"
-            self.model = LogisticRegression(C=LOGREG_C, max_iter=2000, random_state=seed)
-            self.short, self.description = "logreg", f"{logreg}, as cumulative logits"
-        elif targets.ndim == 2 and targets.shape[1] == self.k and np.isin(targets, (0, 1)).all():
-            self.kind = "multilabel"
+            self.short = "logreg"
+            self.description = logreg if self.kind == "classes" else f"{logreg}, as cumulative logits"
+        elif self.kind == "per_label":
             self.model = OneVsRestClassifier(LogisticRegression(C=LOGREG_C, max_iter=2000, random_state=seed))
             self.short, self.description = "logreg", f"one-vs-rest {logreg}"
-        elif np.issubdtype(targets.dtype, np.floating) and (targets.shape[1] if targets.ndim == 2 else 1) == self.k:
-            self.kind = "regression"
+        elif self.kind == "values":
             self.model = Ridge(alpha=RIDGE_ALPHA, random_state=seed)
             self.short, self.description = "ridge", f"ridge regression (alpha={RIDGE_ALPHA:g})"
         else:
-            raise TextuneError(
-                f"baseline: task '{task.name}' (targets of shape {targets.shape[1:] or 'scalar'} for "
-                f"{self.k} outputs) has no linear baseline yet; use textune train"
-            )
+            raise TextuneError(f"baseline: task '{task.name}' has no linear baseline yet; use textune train")
 
     def fit(self, X, y: np.ndarray) -> None:
         from threadpoolctl import threadpool_limits
 
-        if self.kind == "regression":
-            y = _to_outputs(self.task, y)
+        if self.kind == "values":
+            y = np.asarray(self.task.to_outputs(y), dtype=np.float64)
         # One BLAS thread: the solvers' work is sparse or small, and BLAS threads competing with torch's
         # OpenMP pool made a 200-row fit take 7 s instead of 0.2 s on a 2-core machine.
         with threadpool_limits(limits=1, user_api="blas"):
@@ -207,35 +206,15 @@ class _Linear:
         if self.kind == "cumulative":
             # P(level > k) for each threshold k, from the class probabilities
             above = 1.0 - np.cumsum(np.exp(self._log_proba(X)), axis=1)[:, :-1]
-            return _logit(above)
-        if self.kind == "multilabel":
-            return _logit(self.model.predict_proba(X))
+            return logit(above)
+        if self.kind == "per_label":
+            return logit(self.model.predict_proba(X))
         return np.asarray(self.model.predict(X), dtype=np.float64).reshape(X.shape[0], self.k)
 
     @property
     def parameters(self) -> int:
         models = getattr(self.model, "estimators_", [self.model])
         return int(sum(np.size(m.coef_) + np.size(m.intercept_) for m in models))
-
-
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-7, 1 - 1e-7)
-    return np.log(p / (1 - p))
-
-
-def _to_outputs(task: Task, y: np.ndarray) -> np.ndarray:
-    """Numeric targets mapped into the task's raw output space, which ``task.metrics`` maps back to target units.
-
-    A task may define ``to_outputs(y)``; the regression task's standardised transform is known here until it does.
-    """
-    hook = getattr(task, "to_outputs", None)
-    if callable(hook):
-        return np.asarray(hook(y), dtype=np.float64)
-    if task.name == "regression":
-        from textune.tasks.regression import _FORWARD
-
-        return (_FORWARD[task.cfg.transform](y.astype(np.float64)) - task.mean) / task.std
-    return y
 
 
 def _main_metric(recipe: Recipe, task: Task, metrics: dict[str, float]) -> str:
@@ -273,8 +252,8 @@ def run_baseline(
     dst = Path(out or recipe.output.dir) / f"{recipe._stem}-baseline-{kind}"
     _refuse_non_baseline(dst)
     if task is None or splits is None:
-        task = get_task(recipe.task)(recipe)
-        splits = load_splits(recipe, task)
+        data = prepare(recipe, tokens=False, features=False)
+        task, splits = data.task, data.splits
     t_start = time.perf_counter()
     linear = _Linear(task, splits["train"].targets, recipe.train.seed)
     feats = FEATURIZERS[kind](splits, recipe, embed_model)
@@ -295,7 +274,8 @@ def run_baseline(
         "model": f"{feats.short} + {linear.short}",
         "description": f"{feats.description} + {linear.description}",
         "peft": None,
-        "main_metric": _main_metric(recipe, task, results.get("validation", {})),
+        "main_metric": (main := _main_metric(recipe, task, results.get("validation", {}))),
+        "metric_direction": task.direction(main),
         "validation": results.get("validation"),
         "test": results.get("test"),
         "parameters": {"total": total, "trainable": trainable, "trainable_percent": round(100 * trainable / total, 3)},
@@ -325,8 +305,8 @@ def run_baselines(
     for kind in kinds:
         if kind not in KINDS:
             raise TextuneError(f"--kind: unknown baseline '{kind}'; choose from {', '.join(KINDS)}")
-    task = get_task(recipe.task)(recipe)
-    splits = load_splits(recipe, task)
+    data = prepare(recipe, tokens=False, features=False)
+    task, splits = data.task, data.splits
     return [
         run_baseline(recipe, kind, splits=splits, task=task, out=out, embed_model=embed_model)
         for kind in dict.fromkeys(kinds)
@@ -334,20 +314,8 @@ def run_baselines(
 
 
 def _refuse_non_baseline(dst: Path) -> None:
-    import json
-
-    summary = dst / "summary.json"
-    if dst.exists() and any(dst.iterdir()):
-        kind = None
-        if summary.is_file():
-            try:
-                kind = json.loads(summary.read_text()).get("kind")
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                kind = None
-        if kind != "baseline":
-            raise TextuneError(
-                f"{dst}: exists and is not a textune baseline; pick another --out so it is not overwritten"
-            )
+    if dst.exists() and any(dst.iterdir()) and not layout.is_baseline_dir(dst):
+        raise TextuneError(f"{dst}: exists and is not a textune baseline; pick another --out so it is not overwritten")
 
 
 def _write_dir(
@@ -359,21 +327,21 @@ def _write_dir(
     summary: dict[str, Any],
 ) -> None:
     """Writes everything into a temporary sibling, then swaps it in: a reader never sees half a baseline."""
+    from textune.predict import prediction_frame
     from textune.report.html import write_report
-    from textune.rundir import write_manifest
-    from textune.training.loop import _prediction_frame
+    from textune.run import write_manifest
 
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
     try:
-        _atomic.write_text(tmp / "recipe.yaml", dump_recipe(recipe))
-        _atomic.write_json(tmp / "labels.json", task.state())
+        layout.write_recipe(tmp, dump_recipe(recipe))
+        layout.write_task_state(tmp, task.state())
         for name, s in scores.items():
-            frame = _prediction_frame(task, splits[name], s, recipe.data.id)
-            _atomic.write_csv(tmp / "predictions" / f"{name}.csv", frame)
+            frame = prediction_frame(task, splits[name].df, s, recipe.data.id)
+            _atomic.write_csv(layout.prediction_path(tmp, name), frame)
         if splits["validation"].targets is not None:
-            task.plots(tmp / "plots", scores["validation"], splits["validation"].targets)
-        _atomic.write_json(tmp / "summary.json", summary)
+            task.plots(tmp / layout.PLOTS, scores["validation"], splits["validation"].targets)
+        layout.write_summary(tmp, summary)
         write_manifest(tmp, seed=recipe.train.seed, data_hashes=data_hashes(recipe), device=summary["device"])
         write_report(tmp, name=dst.name)
         _atomic.replace_dir(tmp, dst)

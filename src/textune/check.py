@@ -6,11 +6,9 @@ import numpy as np
 
 from textune.data.batching import train_steps
 from textune.data.io import template_columns
-from textune.data.prepare import load_splits
 from textune.data.tokenize import CHARS_PER_TOKEN_CAP
-from textune.models.backbone import load_tokenizer
+from textune.prepare import prepare
 from textune.recipe import Recipe
-from textune.tasks import get_task
 
 
 def token_lengths(tokenizer, texts: list[str], max_length: int, batch: int = 2048) -> np.ndarray:
@@ -36,16 +34,15 @@ def check_recipe(recipe: Recipe) -> dict:
     Raises:
         TextuneError: the same errors ``train`` would raise, before it writes anything.
     """
-    task = get_task(recipe.task)(recipe)
-    splits = load_splits(recipe, task)
-    tokenizer = load_tokenizer(recipe.model.name, recipe.model.allow_network, recipe.model.trust_remote_code)
+    data = prepare(recipe, features=False)
+    task, splits, tokenizer = data.task, data.splits, data.tokenizer
     report: dict = {
         "task": recipe.task,
         "model": recipe.model.name,
         "max_length": recipe.data.max_length,
         "splits": {},
     }
-    labels = getattr(task, "labels", None)
+    labels = task.class_names
     for name, split in splits.items():
         lengths = token_lengths(tokenizer, split.texts, recipe.data.max_length)
         info = {
@@ -55,15 +52,15 @@ def check_recipe(recipe: Recipe) -> dict:
             "token_length_percentiles": {f"p{q}": int(np.percentile(lengths, q)) for q in (50, 90, 95, 99, 100)},
             "truncated": int((lengths > recipe.data.max_length).sum()),
         }
-        if recipe.data.truncation != "head" and not recipe.data.text_pair and recipe.task != "preference":
+        if recipe.data.truncation != "head" and task.single_text:
             # what the policy does with the texts over the window: which tokens stay, or how many windows
             info["truncation"] = recipe.data.truncation
             if recipe.data.truncation == "chunks":
-                info["windows"] = len(task.encode(tokenizer, split.df, split.path))
+                info["windows"] = len(split.encoded)
         if split.targets is not None and labels and split.targets.ndim == 1:
             counts = np.bincount(split.targets, minlength=len(labels))
             info["label_counts"] = {lab: int(c) for lab, c in zip(labels, counts, strict=True)}
-        if name == "train" and "windows" not in info and not recipe.data.text_pair and recipe.task != "preference":
+        if name == "train" and "windows" not in info and task.single_text:
             info["batches"] = batch_plan(recipe, np.minimum(lengths, recipe.data.max_length))
         report["splits"][name] = info
     return report

@@ -1,16 +1,25 @@
-"""The ``textune`` command. Each subcommand is a thin wrapper over a plain function of the package."""
+"""The ``textune`` command. Each subcommand is a thin wrapper over a plain function of the package.
+
+Every command checks its arguments, its recipe and the paths it will write before it imports torch or transformers
+(seconds to load): a typo is reported at once, and a refused output leaves nothing written.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
 import json
 import logging
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 from textune.errors import TextuneError
+from textune.run import layout
+from textune.safe_paths import check_output_dir, check_output_file
 
 
 class _Formatter(logging.Formatter):
@@ -31,10 +40,36 @@ def _setup_logging(verbose: bool) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not verbose:
         warnings.filterwarnings("ignore", category=FutureWarning)
+        _quiet_transformers()
+
+
+def _quiet_transformers() -> None:
+    """Errors only from transformers, and no "Writing model shards" bars (they would drown textune's own bar).
+
+    Importing transformers takes seconds, so it is not imported for this: the environment variables it reads when
+    it is first imported say the same. Where it is already imported (a caller of :func:`main`, the tests), its
+    switches are set directly, since by then it has read the environment.
+    """
+    os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    if "transformers" in sys.modules:
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()  # "Writing model shards" bars would drown textune's own bar
+        hf_logging.disable_progress_bar()
+
+
+def _progress(args: argparse.Namespace, message: str) -> None:
+    """One line on stderr while something slow and silent runs (a model load): for a person at a terminal, or
+    with --verbose; not in a pipe or a log, where it would only be noise."""
+    if args.verbose or getattr(sys.stderr, "isatty", lambda: False)():
+        print(message, file=sys.stderr, flush=True)
+
+
+def _recipe_inputs(recipe_path: str | None, recipe) -> list[str | None]:
+    """The files a recipe reads: itself and its data files (the outputs may be none of them)."""
+    data = getattr(recipe, "data", None)
+    return [recipe_path, *(getattr(data, key, None) for key in ("train", "validation", "test"))]
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -45,10 +80,11 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from textune.check import check_recipe, format_report
     from textune.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, args.set)
+    from textune.check import check_recipe, format_report  # torch and transformers: only for a valid recipe
+
     report = check_recipe(recipe)
     print(format_report(report))
     return 0
@@ -56,28 +92,38 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from textune.recipe import load_recipe
-    from textune.training.loop import train
 
     recipe = load_recipe(args.recipe, args.set) if args.recipe else None
+    _check_train_out(args, recipe)
+    from textune.training.loop import train  # torch and transformers: only for a valid recipe and --out
+
     if args.processes > 1 and "WORLD_SIZE" not in os.environ:
         return _launch(args, recipe)
     run_dir = train(recipe, out=args.out, resume=args.resume)
     if int(os.environ.get("RANK", 0)) != 0:
         return 0  # the main process reports for all
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = json.loads((run_dir / layout.SUMMARY).read_text())
     _print_summary(summary)
     print(f"run directory: {run_dir}")
     return 0
 
 
+def _check_train_out(args: argparse.Namespace, recipe) -> None:
+    """The run directory may not be a file nor lie inside another run; with --resume the run is its own."""
+    if args.resume is not None:
+        return
+    inputs = _recipe_inputs(args.recipe, recipe)
+    if args.out is not None:
+        check_output_dir(args.out, inputs, what="--out")
+    elif recipe is not None:
+        check_output_dir(recipe.output.dir, inputs, what="output.dir", holds_outputs=True)
+
+
 def _launch(args: argparse.Namespace, recipe) -> int:
-    """Re-runs this command in N data-parallel processes through torch.distributed's launcher (torchrun).
-
-    The run directory is fixed here, so that every process writes into the same one.
-    """
-    import subprocess
-
-    from textune.rundir import new_run_dir
+    """Re-runs this command in N data-parallel processes (torchrun); the run directory is fixed here, so that
+    every process writes into the same one."""
+    from textune.run import new_run_dir
+    from textune.training.launch import relaunch
 
     if args.out is None and args.resume is None:
         args.out = str(new_run_dir(recipe.output.dir, recipe.output.name, recipe._stem))
@@ -89,17 +135,7 @@ def _launch(args: argparse.Namespace, recipe) -> int:
             argv += [flag, value]
     if args.allow_pickle:
         argv.append("--allow-pickle")
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc-per-node={args.processes}",
-        "-m",
-        "textune.cli",
-        *argv,
-    ]
-    return subprocess.call(cmd)
+    return relaunch(args.processes, argv)
 
 
 def _print_summary(summary: dict) -> None:
@@ -114,26 +150,68 @@ def _print_summary(summary: dict) -> None:
     )
 
 
+def _sha256(path: str | Path) -> str | None:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError:  # a missing input is reported by the reader, with its own message
+        return None
+    return h.hexdigest()
+
+
+def _evaluation_path(run: Path, source: str, digest: str | None) -> Path:
+    """``RUN/evaluations/<stem>.json``, or ``<stem>-2.json``, ... when that name holds another evaluation.
+
+    Two inputs can share a stem (``a/test.csv``, ``b/test.csv``): an earlier evaluation is never replaced, except
+    by the evaluation of the same, unchanged file (same path and checksum), which would give the same numbers.
+    """
+    folder = run / layout.EVALUATIONS
+    stem, resolved = Path(source).stem, str(Path(source).resolve())
+    n = 1
+    while True:
+        path = folder / (f"{stem}.json" if n == 1 else f"{stem}-{n}.json")
+        if not path.exists():
+            return path
+        if path.is_file() and digest is not None:
+            try:
+                earlier = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                earlier = None
+            if isinstance(earlier, dict) and (earlier.get("input"), earlier.get("input_sha256")) == (resolved, digest):
+                return path
+        n += 1
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    run = Path(args.run)
+    evaluations = run / layout.EVALUATIONS  # the run owns it: writing there is what evaluate is for
+    digest = _sha256(args.input)
+    out = Path(args.output) if args.output else _evaluation_path(run, args.input, digest)
+    check_output_file(out, inputs=[args.input, run], what="--output", owned=[evaluations])
+    _progress(args, f"loading {args.run} ...")
     from textune import _atomic
     from textune.predict import Predictor
 
-    predictor = Predictor.load(args.run)
+    predictor = Predictor.load(run, precision=args.precision)
     df = predictor.read_input(args.input)
     metrics = predictor.evaluate(df, source=args.input)
     for k, v in metrics.items():
         print(f"{k}: {v:.4f}")
-    out = Path(args.output) if args.output else Path(args.run) / "evaluations" / f"{Path(args.input).stem}.json"
-    _atomic.write_json(out, {"input": str(Path(args.input).resolve()), "rows": len(df), "metrics": metrics})
+    record = {"input": str(Path(args.input).resolve()), "input_sha256": digest, "rows": len(df), "metrics": metrics}
+    _atomic.write_json(out, record)
     print(f"metrics written to {out}")
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    check_output_file(args.output, inputs=[args.input, args.run], what="--output")
+    _progress(args, f"loading {args.run} ...")
     from textune import _atomic
     from textune.predict import Predictor
 
-    predictor = Predictor.load(args.run)
+    predictor = Predictor.load(args.run, precision=args.precision)
     df = predictor.read_input(args.input)
     sub = predictor.submission(df, proba=args.proba, source=args.input)
     _atomic.write_csv(Path(args.output), sub)
@@ -142,15 +220,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_params(args: argparse.Namespace) -> int:
-    from textune.params import format_parameter_report, parameter_report
     from textune.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, args.set)
+    from textune.params import format_parameter_report, parameter_report  # transformers: only for a valid recipe
+
     print(format_parameter_report(parameter_report(recipe, args.num_labels)))
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    check_output_dir(args.out, inputs=[args.run], what="--out")
     from textune.export import export_run
 
     out = export_run(args.run, args.out, merge=args.merge)
@@ -159,6 +239,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
+    from textune.recipe import load_recipe
+
+    # tune() loads the recipe again; this first load reports a typo before optuna, torch and transformers load
+    recipe = load_recipe(args.recipe, args.set)
+    if args.out is not None:
+        check_output_dir(args.out, _recipe_inputs(args.recipe, recipe), what="--out")
     import optuna
 
     from textune.tune import tune
@@ -188,6 +274,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
+    inputs = [args.input, args.model]  # the model is an input when it is a folder (a run or a model directory)
+    out = check_output_file(args.output, inputs, what="--output")
+    if out.suffix.lower() == ".npy":
+        # the key column goes beside the array; the name as textune.embed.write_embeddings makes it
+        ids = out.with_name(out.name[: -len(out.suffix)] + ".ids.csv")
+        check_output_file(ids, inputs, what="the ids file beside --output")
     from textune.embed import embed_file
 
     files, emb = embed_file(
@@ -210,12 +302,17 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
-    from textune.baseline import KINDS, run_baselines
     from textune.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, args.set)
+    inputs = _recipe_inputs(args.recipe, recipe)
+    check_output_dir(
+        args.out or recipe.output.dir, inputs, what="--out" if args.out else "output.dir", holds_outputs=True
+    )
+    from textune.baseline import KINDS, run_baselines  # torch: only for a valid recipe and --out
+
     for run_dir in run_baselines(recipe, args.kind or KINDS, out=args.out, embed_model=args.embed_model):
-        summary = json.loads((run_dir / "summary.json").read_text())
+        summary = json.loads((run_dir / layout.SUMMARY).read_text())
         print(f"{summary['baseline']} baseline: {summary['description']}")
         _print_summary(summary)
         print(f"baseline directory: {run_dir}")
@@ -223,6 +320,12 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    # the two files compare() writes, named as it names them; every compared path is an input
+    out = Path(args.out)
+    if out.suffix.lower() in (".csv", ".png"):
+        out = out.with_suffix("")
+    for suffix in (".csv", ".png"):
+        check_output_file(out.with_name(out.name + suffix), inputs=args.runs, what="--out")
     from textune.report.compare import compare, format_table
 
     table, notes, files = compare(args.runs, args.out)
@@ -240,6 +343,29 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the bad-input contract: one ``error:`` line and exit code 2 (not the usage block)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        message = " ".join(message.splitlines())
+        self.exit(2, f"error: {self.prog}: {message}; see '{self.prog} --help'\n")
+
+
+def _int_at_least(minimum: int, why: str = "") -> Callable[[str], int]:
+    """An argparse ``type=`` for a whole number >= ``minimum``; ``why`` ends the message (a hint or reason)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}{why}")
+        return value
+
+    return parse
+
+
 def _allow_pickle_arg(s: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--allow-pickle",
@@ -251,13 +377,21 @@ def _allow_pickle_arg(s: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from textune import __version__
 
-    p = argparse.ArgumentParser(prog="textune", description="Fine-tune text encoders on tabular text data.")
+    p = _Parser(prog="textune", description="Fine-tune text encoders on tabular text data.")
     p.add_argument("--version", action="version", version=f"textune {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress and library messages")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    from textune.recipe import TASKS
+
     s = sub.add_parser("init", help="print an annotated starter recipe")
-    s.add_argument("task", nargs="?", default="classification")
+    s.add_argument(
+        "task",
+        nargs="?",
+        default="classification",
+        choices=TASKS,
+        help=f"task kind: {', '.join(TASKS)} (default: %(default)s)",
+    )
     s.set_defaults(func=cmd_init)
 
     def recipe_args(s: argparse.ArgumentParser, required: bool = True) -> None:
@@ -281,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     s.add_argument(
         "--processes",
-        type=int,
+        type=_int_at_least(1, " (1 trains in this process)"),
         default=1,
         metavar="N",
         help="data-parallel training in N processes (torchrun; gloo on CPU, NCCL on GPUs)",
@@ -293,6 +427,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run", help="run directory")
     s.add_argument("--input", required=True, help="labelled CSV/TSV/JSONL/Parquet")
     s.add_argument("--output", help="metrics JSON (default: RUN/evaluations/<input>.json)")
+    s.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "fp16"],
+        help="inference precision (default: the run's own, fp32 where this machine lacks native bf16)",
+    )
     _allow_pickle_arg(s)
     s.set_defaults(func=cmd_evaluate)
 
@@ -300,7 +439,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run", help="run directory")
     s.add_argument("--input", required=True, help="CSV/TSV/JSONL/Parquet with the run's text columns")
     s.add_argument("--output", required=True, help="submission CSV")
-    s.add_argument("--proba", action="store_true", help="one probability column per class")
+    s.add_argument(
+        "--proba", action="store_true", help="one probability column per class, after the predicted label(s)"
+    )
+    s.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "fp16"],
+        help="inference precision (default: the run's own, fp32 where this machine lacks native bf16)",
+    )
     _allow_pickle_arg(s)
     s.set_defaults(func=cmd_predict)
 
@@ -316,7 +462,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("params", help="parameter counts from the model config alone (no data, no weights)")
     recipe_args(s)
-    s.add_argument("--num-labels", type=int, help="head size when the recipe lists no data.labels (default 2)")
+    s.add_argument(
+        "--num-labels", type=_int_at_least(1), help="head size when the recipe lists no data.labels (default 2)"
+    )
     s.set_defaults(func=cmd_params)
 
     s = sub.add_parser("export", help="write a run's model as a standalone Hugging Face directory")
@@ -339,8 +487,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pooling", choices=["mean", "cls"], default="mean", help="mean over tokens (default) or CLS")
     s.add_argument("--normalize", action="store_true", help="L2-normalise each embedding")
     s.add_argument("--prefix", help="'query' or 'passage' (E5 markers 'query: '/'passage: '), or any literal text")
-    s.add_argument("--max-length", type=int, help="tokens per text (default: the run's, else 256)")
-    s.add_argument("--batch-size", type=int, default=64, help="texts per forward pass (default 64)")
+    s.add_argument(
+        "--max-length",
+        type=_int_at_least(8, " (room for the special tokens and some text)"),
+        help="tokens per text (default: the run's, else 256)",
+    )
+    s.add_argument("--batch-size", type=_int_at_least(1), default=64, help="texts per forward pass (default 64)")
     s.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast (default fp32)")
     s.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     s.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -366,14 +518,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _pickle_scope(allow: bool) -> contextlib.AbstractContextManager:
+    """``--allow-pickle`` for the data readers, without importing them (and pandas) for a command that fails on its
+    arguments: while the reader module is not loaded, nothing can have switched pickle on."""
+    if allow or "textune.data.io" in sys.modules:
+        from textune.data.io import pickle_allowed
+
+        return pickle_allowed(allow)
+    return contextlib.nullcontext()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
-    from textune.data.io import pickle_allowed
-
     try:
-        with pickle_allowed(getattr(args, "allow_pickle", False)):
+        with _pickle_scope(getattr(args, "allow_pickle", False)):
             return args.func(args)
     except TextuneError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -382,9 +542,8 @@ def main(argv: list[str] | None = None) -> int:
         print("error: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
-        from textune.training.loop import TrainingInterrupted
-
-        if isinstance(exc, TrainingInterrupted):
+        loop = sys.modules.get("textune.training.loop")  # not imported: then this cannot be its exception
+        if loop is not None and isinstance(exc, loop.TrainingInterrupted):
             print(f"stopped: {exc}", file=sys.stderr)
             return 130
         raise

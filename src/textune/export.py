@@ -7,14 +7,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import yaml
-
 from textune import _atomic
 from textune.errors import TextuneError
-from textune.rundir import verify_run_dir
+from textune.run import layout, verify_run_dir
 
 # Written into exported directories so that `textune predict` and Predictor.load work on them too.
-META = "textune.json"
+META = layout.EXPORT_META
 
 
 def export_run(run_dir: str | Path, out: str | Path, merge: bool = True) -> Path:
@@ -24,15 +22,19 @@ def export_run(run_dir: str | Path, out: str | Path, merge: bool = True) -> Path
         TextuneError: the run is unusable, ``out`` exists, or ``--no-merge`` on a run without adapters.
     """
     run_dir, out = Path(run_dir), Path(out)
-    verify_run_dir(run_dir)
+    manifest = verify_run_dir(run_dir)
     if out.exists() and any(out.iterdir()):
         raise TextuneError(f"{out}: already exists and is not empty; choose another --out")
-    src = run_dir / ("model" if merge else "adapter")
+    src = run_dir / (layout.MODEL if merge else layout.ADAPTER)
     if not merge and not (src / "adapter_config.json").is_file():
         raise TextuneError(f"{run_dir}: not a LoRA run, there is no adapter to export; drop --no-merge")
+    # everything predict needs besides the weights: the recipe, the task state, the fitted feature statistics
+    # (the fusion head cannot predict without them) and the precision the run evaluated with
     meta = {
-        "recipe": yaml.safe_load((run_dir / "recipe.yaml").read_text()),
-        "labels": json.loads((run_dir / "labels.json").read_text()),
+        "recipe": layout.read_recipe_raw(run_dir),
+        "labels": layout.read_task_state(run_dir),
+        "features": layout.read_features(run_dir),
+        "precision": manifest.get("precision"),
         "kind": "merged" if merge else "adapter",
         "source_run": str(run_dir.resolve()),
     }

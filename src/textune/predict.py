@@ -1,9 +1,14 @@
-"""Inference: length-sorted batches restored to input order; the Predictor over a run directory."""
+"""The Predictor: a run directory (or an exported one) ready to predict, through the one inference path.
+
+A run records the precision it evaluated with; the Predictor infers with that precision (where this machine
+computes it natively; ``precision=`` overrides), so ``textune predict`` on the validation file reproduces
+``predictions/validation.csv`` on the machine that trained. The loop's final predictions go through the same
+:meth:`Predictor.outputs`, which is also where the calibration (temperature, thresholds) was fitted.
+"""
 
 from __future__ import annotations
 
-import json
-from contextlib import nullcontext
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -11,88 +16,76 @@ import numpy as np
 import pandas as pd
 import torch
 
-from textune.data.batching import collate, inference_batches, to_device
 from textune.data.io import read_table, require_columns
-from textune.data.tokenize import Encoded
 from textune.errors import TextuneError
+from textune.models.infer import infer_logits, pad_id_of
 from textune.recipe import Recipe, recipe_from_dict
-from textune.rundir import verify_run_dir
+from textune.run import layout, verify_run_dir
 from textune.tasks import Task, get_task
 
+log = logging.getLogger(__name__)
 
-def autocast_for(device: torch.device, precision: str):
-    """An autocast context for Accelerate-style precision names (``no|bf16|fp16``)."""
-    if precision == "no":
-        return nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16", "no": "no"}
 
 
-@torch.inference_mode()
-def infer_logits(
-    model: torch.nn.Module,
-    encoded: Encoded,
-    batch_size: int,
-    device: torch.device,
-    pad_id: int,
-    precision: str = "no",
-    extras: dict[str, np.ndarray] | None = None,
-    rows: np.ndarray | None = None,
-) -> np.ndarray:
-    """Model outputs for every row of ``encoded`` (or only ``rows``; the others stay 0), in input order.
-
-    Batches run longest first; each output is scattered back to its own row.
-    """
-    model.eval()
-    out: np.ndarray | None = None
-    rows = np.arange(len(encoded)) if rows is None else np.asarray(rows)
-    for sub in inference_batches(encoded.lengths[rows], batch_size):
-        idx = rows[sub]
-        batch = to_device(collate(encoded, idx, pad_id, extras), device)
-        with autocast_for(device, precision):
-            logits = model(**batch).logits
-        logits = logits.float().cpu().numpy()
-        if out is None:
-            out = np.zeros((len(encoded), logits.shape[1]), dtype=np.float32)
-        out[idx] = logits  # scatter back: row i of the output is input row i
-    if out is None:
-        return np.zeros((0, 0), dtype=np.float32)
-    return out
-
-
-def pad_id_of(tokenizer) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-
-
-def _read_meta(path: Path) -> tuple[dict, dict, Path]:
-    """(recipe, task state, model directory) of a run directory or an exported one."""
-    import yaml
-
-    from textune.export import META
-
-    if (path / META).is_file() and not (path / "manifest.json").is_file():
+def _read_meta(path: Path) -> tuple[dict, dict, dict | None, str | None, Path]:
+    """(recipe, task state, feature statistics, precision, model directory) of a run or an exported directory."""
+    if layout.is_export_dir(path):
+        meta = layout.read_json(path / layout.EXPORT_META, layout.EXPORT_META)
         try:
-            meta = json.loads((path / META).read_text())
-            return meta["recipe"], meta["labels"], path
-        except (json.JSONDecodeError, KeyError, UnicodeDecodeError):
-            raise TextuneError(f"{path}/{META}: unreadable; export the run again") from None
-    verify_run_dir(path)
-    recipe = yaml.safe_load((path / "recipe.yaml").read_text())
-    return recipe, json.loads((path / "labels.json").read_text()), path / "model"
+            return meta["recipe"], meta["labels"], meta.get("features"), meta.get("precision"), path
+        except (KeyError, TypeError):
+            raise TextuneError(f"{path}/{layout.EXPORT_META}: unreadable; export the run again") from None
+    manifest = verify_run_dir(path)
+    recipe = layout.read_recipe_raw(path)
+    return recipe, layout.read_task_state(path), layout.read_features(path), manifest.get("precision"), path / "model"
+
+
+def inference_precision(saved: str | None, device: torch.device, requested: str | None = None) -> str:
+    """The precision to predict with: ``requested`` if given, else the run's own where this device computes it
+    natively; bf16 on a CPU without native bf16 would be emulated (~100x slower), so fp32 is used there."""
+    from textune.device import native_bf16
+
+    if requested is not None:
+        if requested not in PRECISIONS:
+            raise TextuneError(f"--precision: unknown precision '{requested}'; choose fp32, bf16 or fp16")
+        return PRECISIONS[requested]
+    chosen = saved or "no"
+    if chosen == "bf16" and not native_bf16(device):
+        log.warning("the run evaluated in bf16, which %s does not compute natively: predicting in fp32", device)
+        return "no"
+    if chosen == "fp16" and device.type != "cuda":
+        return "no"  # fp16 autocast is a GPU path
+    return chosen
 
 
 class Predictor:
     """A trained run, ready to predict. ``Predictor.load("runs/NAME").predict(["some text"])``."""
 
     def __init__(
-        self, run_dir: Path, recipe: Recipe, task: Task, model, tokenizer, device: torch.device, featurizer=None
+        self,
+        run_dir: Path,
+        recipe: Recipe,
+        task: Task,
+        model,
+        tokenizer,
+        device: torch.device,
+        featurizer=None,
+        precision: str = "no",
     ):
         self.run_dir, self.recipe, self.task = run_dir, recipe, task
         self.model, self.tokenizer, self.device = model, tokenizer, device
         self.featurizer = featurizer
+        self.precision = precision
 
     @classmethod
-    def load(cls, run_dir: str | Path, device: str | None = None) -> Predictor:
+    def load(cls, run_dir: str | Path, device: str | None = None, precision: str | None = None) -> Predictor:
         """Loads a run directory (after verifying its manifest checksums) or a ``textune export`` directory.
+
+        Args:
+            run_dir: the run or exported directory.
+            device: ``cpu``, ``cuda``, ``cuda:1``... (default: cuda when available).
+            precision: ``fp32``, ``bf16`` or ``fp16``; default: the precision the run evaluated with.
 
         Raises:
             TextuneError: the directory is missing, incomplete, from a newer textune or altered.
@@ -102,26 +95,51 @@ class Predictor:
         from textune.models.build import load_model_dir
 
         run_dir = Path(run_dir)
-        recipe_raw, labels, model_dir = _read_meta(run_dir)
-        recipe = recipe_from_dict(recipe_raw, str(run_dir / "recipe.yaml"))
+        if not run_dir.is_dir():
+            raise TextuneError(f"{run_dir}: run directory not found")
+        if layout.is_baseline_dir(run_dir):
+            raise TextuneError(
+                f"{run_dir}: is a baseline (scores to beat, no saved model); predict with a fine-tuned run"
+            )
+        recipe_raw, state, features, saved_precision, model_dir = _read_meta(run_dir)
+        recipe = recipe_from_dict(recipe_raw, str(run_dir / layout.RECIPE))
         task = get_task(recipe.task)(recipe)
-        task.load_state(labels)
+        try:
+            task.load_state(state)
+        except (KeyError, TypeError, ValueError):
+            raise TextuneError(f"{run_dir}: the task state is malformed; the run directory is corrupted") from None
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-        if (model_dir / "adapter_config.json").is_file():
-            from textune.models.build import merge_adapter
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+            if (model_dir / "adapter_config.json").is_file():
+                from textune.models.build import merge_adapter
 
-            model = merge_adapter(model_dir, recipe, task.model_kwargs())
-        else:
-            model = load_model_dir(model_dir)
+                model = merge_adapter(model_dir, recipe, task.model_kwargs())
+            else:
+                model = load_model_dir(model_dir)
+        except TextuneError:
+            raise
+        except Exception as exc:  # weights or config altered and re-checksummed: refuse, do not crash
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise TextuneError(f"{model_dir}: the model cannot be loaded ({first}); train or export it again") from None
         model.to(dev).eval()
         featurizer = None
-        features_json = run_dir / "features.json"
-        if recipe.features.enabled and features_json.is_file():
-            from textune.data.features import Featurizer
+        if recipe.features.enabled:
+            from textune.features import Featurizer
 
-            featurizer = Featurizer.from_dict(recipe.features, json.loads(features_json.read_text()))
-        return cls(run_dir, recipe, task, model, tokenizer, dev, featurizer)
+            if features is None:
+                raise TextuneError(f"{run_dir}: the recipe uses features but {layout.FEATURES} is missing")
+            featurizer = Featurizer.from_dict(recipe.features, features)
+        return cls(
+            run_dir,
+            recipe,
+            task,
+            model,
+            tokenizer,
+            dev,
+            featurizer,
+            inference_precision(saved_precision, dev, precision),
+        )
 
     # -- inputs ----------------------------------------------------------------------------------------------
     def texts_of(self, data: pd.DataFrame | list[str] | str, source: str = "input") -> list[str]:
@@ -132,6 +150,7 @@ class Predictor:
         return [str(t) for t in data]
 
     def logits(self, data: pd.DataFrame | list[str] | str, source: str = "input") -> np.ndarray:
+        """One output row per input row (windows pooled, both preference orders combined), input order."""
         texts = self.texts_of(data, source)
         encoded = self.task.encode(self.tokenizer, data if isinstance(data, pd.DataFrame) else texts, source)
         extras = None
@@ -139,15 +158,20 @@ class Predictor:
             frame = data if isinstance(data, pd.DataFrame) else pd.DataFrame(index=range(len(texts)))
             numeric, categorical = self.featurizer.transform(frame.reset_index(drop=True), texts, source)
             extras = {"numeric": numeric, "categorical": categorical}
-        outputs = infer_logits(
+        return self.outputs(encoded, extras)
+
+    def outputs(self, encoded, extras: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        """The model's outputs on already encoded rows, combined per input row: the step every path shares."""
+        raw = infer_logits(
             self.model,
             encoded,
             self.recipe.train.eval_batch_size,
             self.device,
             pad_id_of(self.tokenizer),
-            extras=extras,
+            self.precision,
+            extras,
         )
-        return self.task.combine_outputs(outputs, encoded)
+        return self.task.combine_outputs(raw, encoded)
 
     # -- outputs ---------------------------------------------------------------------------------------------
     def predict(self, data: pd.DataFrame | list[str] | str) -> list[Any]:
@@ -166,27 +190,55 @@ class Predictor:
         return self.task.metrics(self.logits(df, source), targets)
 
     def read_input(self, path: str | Path) -> pd.DataFrame:
+        """A file to predict: it must hold the run's input columns and, when the run has ``data.id``, unique ids."""
+        from textune.prepare import check_unique_ids
+
         df = read_table(path)
         for col, key in self.task.input_columns().items():
             require_columns(df, [col], path, f"the run's {key}")
         id_col = self.recipe.data.id
-        if id_col and id_col in df.columns:
-            dup = df[id_col].duplicated()
-            if dup.any():
-                first = df[id_col][dup].iloc[0]
-                raise TextuneError(
-                    f"{path}: column '{id_col}' has {int(dup.sum())} duplicate id(s) (first: {first!r} at file line "
-                    f"{int(np.flatnonzero(dup.to_numpy())[0]) + 2}); ids must be unique"
-                )
+        if id_col:
+            require_columns(df, [id_col], path, "the run's data.id (submissions are keyed by it)")
+            check_unique_ids(df[id_col], path, id_col)
         return df
 
     def submission(self, df: pd.DataFrame, proba: bool = False, source: str = "input") -> pd.DataFrame:
-        """Id column followed by the task's prediction columns, in input order."""
-        id_col = self.recipe.data.id or "id"
-        ids = df[id_col].reset_index(drop=True) if id_col in df.columns else pd.Series(range(len(df)))
-        preds = self.task.predictions(self.logits(df, source), proba=proba or self.task.submission_proba)
-        preds.insert(0, id_col, ids)
-        return preds
+        """Id column, the predicted label(s), and with ``proba`` (or for tasks scored on probabilities) one
+        probability column per class; rows in input order."""
+        logits = self.logits(df, source)
+        return prediction_frame(self.task, df, logits, self.recipe.data.id, proba=proba, with_targets=False)
+
+
+def prediction_frame(
+    task: Task,
+    df: pd.DataFrame,
+    logits: np.ndarray,
+    id_col: str | None,
+    proba: bool = True,
+    with_targets: bool = True,
+) -> pd.DataFrame:
+    """Saved predictions (``with_targets``): the id, the true target column(s) when known, ``pred_*`` and (for
+    probabilistic tasks) ``proba_*`` columns. Submissions: the id, then the predicted label(s); with ``proba`` also
+    one probability column per class; for tasks scored on probabilities (preference) the probabilities alone,
+    the competition's format, unless ``proba`` asks for the label too. Without ``data.id`` the id column is ``id``
+    with the 0-based row number.
+    """
+    preds = task.predictions(logits)
+    probs = task.predictions(logits, proba=True)
+    probabilistic = list(probs.columns) != list(preds.columns)  # regression has no probabilities
+    if with_targets:
+        parts = [preds.add_prefix("pred_")] + ([probs.add_prefix("proba_")] if probabilistic else [])
+    elif task.submission_proba and not proba:
+        parts = [probs]
+    else:
+        parts = [preds] + ([probs] if proba and probabilistic else [])
+    frame = pd.concat(parts, axis=1)
+    ids = df[id_col].reset_index(drop=True) if id_col and id_col in df.columns else pd.Series(np.arange(len(df)))
+    frame.insert(0, id_col or "id", ids)
+    if with_targets:
+        for i, col in enumerate(c for c in task.target_columns(df) if c in df.columns):
+            frame.insert(1 + i, col, df[col].reset_index(drop=True))
+    return frame
 
 
 def classify(run_or_predictor: str | Path | Predictor, text: str) -> Any:

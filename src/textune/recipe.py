@@ -6,9 +6,12 @@ Each field carries a one-line description; ``textune init`` prints them as comme
 from __future__ import annotations
 
 import copy
+import dataclasses
+import math
 import re
+import types
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -42,9 +45,15 @@ def parse_duration(text: str | int | float) -> float:
     return seconds
 
 
+# numpy (hence torch's and sklearn's seeding) takes seeds in [0, 2**32 - 1]
+_MAX_SEED = 2**32 - 1
+
+
 class _Section(BaseModel):
     # extra="forbid": a misspelt key is an error, never silently ignored.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: inf or nan in any float (YAML .inf/.nan, --set x=inf) is an error here, not a torch or
+    # sklearn traceback halfway through a run.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(_Section):
@@ -78,7 +87,7 @@ class DataConfig(_Section):
     pair_truncation: Literal["longest_first", "only_first", "only_second", "share"] = Field(
         "longest_first", description="How a text pair is cut to max_length ('share': data.field_shares per field)."
     )
-    field_shares: list[float] | None = Field(
+    field_shares: list[Annotated[float, Field(gt=0)]] | None = Field(
         None, description="Token share per field for pair 'share' / preference [prompt, a, b]; unused share moves on."
     )
     label_columns: list[str] | None = Field(
@@ -103,9 +112,17 @@ class RegressionConfig(_Section):
     clip_min: float | None = Field(None, description="Clip predictions below this value (e.g. 0.01 for prices).")
     clip_max: float | None = Field(None, description="Clip predictions above this value.")
 
+    @model_validator(mode="after")
+    def _clip_order(self) -> RegressionConfig:
+        if self.clip_min is not None and self.clip_max is not None and self.clip_min > self.clip_max:
+            raise ValueError(f"clip_min: {self.clip_min} is above clip_max ({self.clip_max}); swap them or remove one")
+        return self
+
 
 class FusionHeadConfig(_Section):
-    widths: list[int] = Field([256], description="Hidden layer widths of the MLP over [text, features].")
+    widths: list[Annotated[int, Field(ge=1)]] = Field(
+        [256], description="Hidden layer widths of the MLP over [text, features]."
+    )
     dropout: float = Field(0.1, ge=0, lt=1, description="Dropout after each hidden layer.")
     layer_norm: bool = Field(True, description="LayerNorm after each hidden layer.")
     pooling: Literal["mean", "cls"] = Field("mean", description="How the text encoder's tokens are pooled.")
@@ -229,7 +246,7 @@ class TrainConfig(_Section):
         "auto",
         description="'auto' picks bf16 where the CPU/GPU runs it natively, fp16 on older GPUs, else fp32.",
     )
-    seed: int = Field(42, description="Seed for splits, initialisation, batch order and dropout.")
+    seed: int = Field(42, ge=0, le=_MAX_SEED, description="Seed for splits, initialisation, batch order and dropout.")
     group_by_length: bool = Field(True, description="Batch texts of similar length together (less padding).")
     eval_every: int | None = Field(None, ge=1, description="Evaluate every N optimizer steps; default once an epoch.")
     checkpoint_every: int | None = Field(
@@ -244,6 +261,11 @@ class TrainConfig(_Section):
     )
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward: less memory.")
     compile: bool = Field(False, description="torch.compile the model (pays a compile time up front).")
+    keep_checkpoint: bool = Field(
+        True,
+        description="Keep checkpoints/last (optimizer state, about twice the model) after a run finishes; false "
+        "deletes it once the run is complete; a run stopped early (Ctrl-C, time budget) always keeps it.",
+    )
 
     @field_validator("batch_size", mode="before")
     @classmethod
@@ -251,6 +273,14 @@ class TrainConfig(_Section):
         ok = v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1)
         if not ok and not (isinstance(v, str) and v.strip().isdigit() and int(v) >= 1):
             raise ValueError("should be a positive integer or 'auto'")
+        return v
+
+    @field_validator("class_weights", mode="before")
+    @classmethod
+    def _class_weights(cls, v: Any) -> Any:
+        # checked here, not by the type: pydantic would report a bad list against the 'none'/'balanced' branch
+        if isinstance(v, list) and (not v or not all(_positive_finite(w) for w in v)):
+            raise ValueError("give one finite weight above 0 per label, e.g. [1, 2.5], or 'none' or 'balanced'")
         return v
 
     @field_validator("time_budget")
@@ -275,7 +305,7 @@ class TrainConfig(_Section):
 
 
 class OutputConfig(_Section):
-    dir: str = Field("runs", description="Parent directory of run directories.")
+    dir: str = Field("runs", description="Parent directory of runs; if set relative, from the recipe's folder.")
     name: str | None = Field(None, description="Run directory name; default: recipe name + timestamp.")
 
 
@@ -304,6 +334,21 @@ def _number(v: Any) -> Any:
     return float(v) if isinstance(v, str) and _SCI.match(v.strip()) else v
 
 
+def _positive_finite(v: Any) -> bool:
+    """Whether ``v`` reads as a finite number above 0 (numeric strings such as YAML 1.1's '1e-1' count)."""
+    if isinstance(v, bool) or not isinstance(v, int | float | str):
+        return False
+    try:
+        f = float(v)
+    except ValueError:
+        return False
+    return math.isfinite(f) and f > 0
+
+
+def _non_finite(v: Any) -> bool:
+    return isinstance(v, float) and not math.isfinite(v)
+
+
 def _check_spec(key: str, spec: Any) -> dict[str, Any]:
     """Validates one search-space entry and returns it with scientific-notation strings read as numbers."""
     where = f"'{key}'"
@@ -317,6 +362,9 @@ def _check_spec(key: str, spec: Any) -> dict[str, Any]:
     if extra:
         raise ValueError(f"{where}: unknown option '{extra[0]}'{did_you_mean(extra[0], allowed)} for a {kind} range")
     values = spec[kind]
+    # optuna takes inf/nan bounds and then samples garbage, or fails deep inside a trial
+    if any(_non_finite(v) for v in (values if isinstance(values, list) else [values]) + [spec.get("step")]):
+        raise ValueError(f"{where}: every bound, step and value must be a finite number (got {spec!r})")
     if kind == "categorical":
         if not isinstance(values, list) or not values or any(isinstance(v, (dict, list)) for v in values):
             raise ValueError(f"{where}: categorical takes a non-empty list of plain values, e.g. [16, 32]")
@@ -349,7 +397,9 @@ class TuneConfig(_Section):
     sampler: Literal["tpe", "random", "grid"] = Field("tpe", description="'tpe', 'random' or 'grid'.")
     pruner: Literal["median", "hyperband", "none"] = Field("median", description="Stops unpromising trials early.")
     prune_after: int = Field(3, ge=0, description="Finished trials before the median pruner starts pruning.")
-    seed: int | None = Field(None, description="Sampler seed (leave empty when several workers share a study).")
+    seed: int | None = Field(
+        None, ge=0, le=_MAX_SEED, description="Sampler seed (leave empty when several workers share a study)."
+    )
     retrain: Literal["train+validation", "train"] = Field(
         "train+validation", description="What --retrain-best trains the best recipe on."
     )
@@ -428,10 +478,40 @@ def _fields_of(model: type[BaseModel], path: list[str]) -> list[str]:
     return list(model.model_fields)
 
 
+def _section_of(ann: Any) -> type[BaseModel] | None:
+    """The section class inside a field's annotation (``X``, ``X | None``, ``list[X]``), if any."""
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    return next((s for s in map(_section_of, get_args(ann)) if s is not None), None)
+
+
+def _error_key(loc: tuple[int | str, ...]) -> list[str]:
+    """The recipe key of a pydantic error location. Past a leaf field the location goes on with the member of
+    a union that failed ('float', 'constrained-int', "literal['auto']") or a list index: not keys. A dict's
+    keys (tune.space entries) are kept."""
+    model: type[BaseModel] | None = Recipe
+    leaf: Any = None
+    keys: list[str] = []
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if model is None:
+            if get_origin(leaf) is dict:
+                keys.append(str(part))
+            continue
+        keys.append(str(part))
+        field = model.model_fields.get(str(part))
+        leaf = field.annotation if field else None
+        model = _section_of(leaf)
+    return keys
+
+
 def _format_error(err: ValidationError, source: str) -> str:
-    e = err.errors()[0]
-    # pydantic names the member of a union that failed ('constrained-int', "literal['auto']"): not a key
-    loc = [str(p) for p in e["loc"] if not isinstance(p, int) and not re.search(r"[-\[(]", str(p))]
+    errors = err.errors()
+    # A union field (str | float, 'none' | list) fails once per member; "should be a finite number" is the one
+    # that explains an inf or nan, not "should be a valid string".
+    e = next((x for x in errors if x["type"] == "finite_number"), errors[0])
+    loc = _error_key(e["loc"])
     key = ".".join(loc) or "(top level)"
     if e["type"] == "extra_forbidden":
         valid = _fields_of(Recipe, loc[:-1])
@@ -448,11 +528,54 @@ def _format_error(err: ValidationError, source: str) -> str:
     return f"{source}: key '{key}': {msg}{got_s}"
 
 
+def _string_field(keys: list[str]) -> tuple[bool, bool]:
+    """Whether the recipe field at dotted ``keys`` holds only strings (``str``, ``Literal['a', 'b']``), and
+    whether it may also be null; (False, False) for other types and for keys that are not fields."""
+    model: type[BaseModel] = Recipe
+    for i, key in enumerate(keys):
+        field = model.model_fields.get(key)
+        if field is None:
+            return False, False
+        ann = field.annotation
+        if i < len(keys) - 1:
+            if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+                return False, False
+            model = ann
+    members = get_args(ann) if get_origin(ann) in (Union, types.UnionType) else (ann,)
+    strings = [m for m in members if m is not type(None)]
+    is_str = all(
+        m is str or (get_origin(m) is Literal and all(isinstance(a, str) for a in get_args(m))) for m in strings
+    )
+    return bool(strings) and is_str, len(strings) < len(members)
+
+
+def _string_value(raw: str, optional: bool) -> str | None:
+    """The value of a string key: verbatim, so that a template like ``{title}. {body}`` is not read as a YAML
+    mapping; a YAML-quoted string is unquoted (``tune`` passes values JSON-encoded) and null clears an optional
+    key."""
+    text = raw.strip()
+    if optional and text.lower() in ("", "null", "~"):
+        return None
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = None
+        if isinstance(value, str):
+            return value
+    return raw
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
-    """Parses ``a.b.c=value``; the value is read as YAML, so ``3e-5``, ``true`` and ``[a, b]`` get their types."""
+    """Parses ``a.b.c=value``. The value of a string key (data.text, model.name, ...) is kept as written; any
+    other value is read as YAML, so ``3e-5``, ``true`` and ``[a, b]`` get their types."""
     if "=" not in item:
         raise TextuneError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.lr=3e-5")
     key, raw = item.split("=", 1)
+    keys = key.strip().split(".")
+    is_str, optional = _string_field(keys)
+    if is_str:
+        return keys, _string_value(raw, optional)
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
@@ -463,7 +586,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
             value = float(value)
         except ValueError:
             pass
-    return key.strip().split("."), value
+    return keys, value
 
 
 def apply_overrides(raw: dict, overrides: list[str] | None) -> dict:
@@ -483,7 +606,11 @@ def apply_overrides(raw: dict, overrides: list[str] | None) -> dict:
 
 
 def _resolve_paths(recipe: Recipe, base: Path) -> None:
-    """Makes data paths absolute: relative paths are read against the recipe file's folder, then the cwd."""
+    """Makes data paths absolute: relative paths are read against the recipe file's folder, then the cwd.
+    A relative output.dir that the recipe sets is put beside the recipe file, so its runs land in one place
+    whatever the cwd; left unset, runs go to ./runs of the working directory (as the Trainer's output_dir)."""
+    if "dir" in recipe.output.model_fields_set and not Path(recipe.output.dir).is_absolute():
+        recipe.output.dir = str((base / recipe.output.dir).resolve())
     for key in ("train", "validation", "test"):
         value = getattr(recipe.data, key)
         if value is None or Path(value).is_absolute():
@@ -503,16 +630,67 @@ def _resolve_paths(recipe: Recipe, base: Path) -> None:
             recipe.model.name = str(Path(name).resolve())
 
 
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: str, first: int, second: int) -> None:
+        super().__init__(f"key '{key}' appears twice")
+        self.key, self.first, self.second = key, first, second
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a key given twice in one mapping: PyYAML would silently keep the second, so a
+    second ``train:`` section would quietly replace the first."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        # dotted key of each mapping node, recorded by its parent, so that an error names 'train.lr', not 'lr'
+        self._paths: dict[int, str] = {}
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        prefix = self._paths.get(id(node), "")
+        seen: dict[tuple[str, str], int] = {}
+        for key_node, value_node in node.value:
+            # merge keys ('<<: *base') may legitimately repeat what they merge; non-scalar keys are not recipe keys
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            name = f"{prefix}{key_node.value}"
+            line = key_node.start_mark.line + 1
+            # the tag tells 'true' (a bool) from "true" (a string), which are different keys
+            ident = (key_node.tag, key_node.value)
+            if ident in seen:
+                raise _DuplicateKey(name, seen[ident], line)
+            seen[ident] = line
+            if isinstance(value_node, yaml.MappingNode):
+                self._paths.setdefault(id(value_node), f"{name}.")
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_error(path: Path, text: str, exc: yaml.YAMLError) -> str:
+    where = getattr(exc, "problem_mark", None)
+    if where is None:
+        return f"{path}: not valid YAML; fix the syntax"
+    lines = text.split("\n")
+    line = lines[where.line] if where.line < len(lines) else ""
+    # PyYAML says "found character '\t' that cannot start any token": name the usual cause
+    if "\\t" in str(getattr(exc, "problem", "")) or "\t" in line[: len(line) - len(line.lstrip())]:
+        return f"{path}: not valid YAML: line {where.line + 1} holds a tab; indent YAML with spaces"
+    return f"{path}: not valid YAML at line {where.line + 1}; fix the syntax"
+
+
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise TextuneError(f"{path}: recipe file not found; create one with 'textune init classification > {path}'")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        where = getattr(exc, "problem_mark", None)
-        line = f" at line {where.line + 1}" if where else ""
-        raise TextuneError(f"{path}: not valid YAML{line}; fix the syntax") from None
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise TextuneError(f"{path}: not valid YAML; fix the syntax") from None
+    try:
+        raw = yaml.load(text, Loader=_RecipeLoader)  # a SafeLoader subclass: plain data only
+    except _DuplicateKey as exc:
+        where = f"lines {exc.first} and {exc.second}" if exc.first != exc.second else f"both on line {exc.first}"
+        raise TextuneError(f"{path}: key '{exc.key}' is given twice ({where}); keep one of them") from None
+    except yaml.YAMLError as exc:
+        raise TextuneError(_yaml_error(path, text, exc)) from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -554,29 +732,116 @@ def dump_recipe(recipe: Recipe) -> str:
     return yaml.safe_dump(recipe.to_dict(), sort_keys=False, allow_unicode=True)
 
 
-def _annotated(model: BaseModel, indent: int = 0) -> list[str]:
+def _annotated(
+    model: BaseModel,
+    indent: int = 0,
+    prefix: str = "",
+    hide: frozenset[str] = frozenset(),
+    notes: dict[str, str] | None = None,
+) -> list[str]:
+    """YAML lines of ``model`` with each field's description as a comment; ``hide`` drops dotted keys (and whole
+    sections), ``notes`` replaces a key's comment."""
     lines: list[str] = []
     pad = "  " * indent
     for name, field in type(model).model_fields.items():
+        key = f"{prefix}{name}"
+        if key in hide:
+            continue
         value = getattr(model, name)
-        doc = field.description or ""
+        doc = (notes or {}).get(key, field.description or "")
         if isinstance(value, BaseModel):
             lines.append(f"{pad}{name}:  # {doc}")
-            lines.extend(_annotated(value, indent + 1))
+            lines.extend(_annotated(value, indent + 1, f"{key}.", hide, notes))
         else:
             dumped = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
             lines.append(f"{pad}{name}: {dumped}  # {doc}")
     return lines
 
 
+# What `textune init TASK` prints. The metric names are the tasks' main_metric (a test keeps them in step:
+# importing the tasks here would load torch). Each starter shows the data keys its task reads and its own section,
+# not the sections of the other task kinds.
+_TEXT_KEYS = ("text", "text_pair", "truncation", "stride", "max_chunks", "chunk_pooling", "head_tokens")
+_TEXT_KEYS += ("pair_truncation", "field_shares")
+_PREFERENCE_KEYS = ("prompt", "response_a", "response_b", "truncation", "head_tokens", "field_shares")
+_TARGET_KEYS = ("label", "target", "labels", "label_columns", "label_sep")
+_TASK_SECTIONS = ("regression", "ordinal", "preference", "multilabel")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Starter:
+    predicts: str
+    metric: str
+    reads: tuple[str, ...]  # data keys beyond the splits, id and max_length
+    features: bool = True  # whether the fusion of tabular features is offered
+    values: dict[str, Any] = dataclasses.field(default_factory=dict)  # example values, by dotted key
+    # comments that fit the task better than the field's description, by dotted key
+    notes: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+_STARTERS = {
+    "classification": _Starter(
+        predicts="one label per text", metric="accuracy", reads=(*_TEXT_KEYS, "label", "labels")
+    ),
+    "regression": _Starter(
+        predicts="a number per text (e.g. a price)",
+        metric="smape",
+        reads=(*_TEXT_KEYS, "target"),
+        values={"data.target": "target"},
+        notes={"data.target": "Numeric target column."},
+    ),
+    "ordinal": _Starter(
+        predicts="an ordered level per text (e.g. A1 < A2 < B1)",
+        metric="qwk",
+        reads=(*_TEXT_KEYS, "label", "labels"),
+        values={"data.labels": ["low", "medium", "high"]},
+        notes={
+            "data.label": "Level column (its values are the levels listed in data.labels).",
+            "data.labels": "Your levels, lowest to highest: the order the model learns (replace the example).",
+        },
+    ),
+    "preference": _Starter(
+        predicts="which of two responses to a prompt wins (a, b or tie)",
+        metric="log_loss",
+        reads=(*_PREFERENCE_KEYS, "label", "label_columns"),
+        features=False,
+        values={"data.label_columns": ["winner_model_a", "winner_model_b", "winner_tie"]},
+        notes={
+            "data.truncation": "'head', 'tail' or 'head_tail': which tokens of each field are kept.",
+            "data.field_shares": "Token share of [prompt, response_a, response_b]; default [0.2, 0.4, 0.4].",
+            "data.label": "Outcome column holding a, b or tie (read when data.label_columns is removed).",
+            "data.label_columns": "0/1 columns [a wins, b wins, tie]; remove it to read a, b or tie from data.label.",
+        },
+    ),
+    "multilabel": _Starter(
+        predicts="any number of labels per text",
+        metric="f1_micro",
+        reads=(*_TEXT_KEYS, "label", "label_sep", "label_columns", "labels"),
+        notes={
+            "data.label": "Column holding each row's labels joined by data.label_sep, e.g. 'sports,politics'.",
+            "data.label_columns": "Or one 0/1 column per label, e.g. [sports, politics] (then data.label is unused).",
+        },
+    ),
+}
+
+
 def init_template(task: str) -> str:
-    """An annotated starter recipe for ``task`` (``textune init``)."""
+    """An annotated starter recipe for ``task`` (``textune init``): the keys that task reads, with examples."""
     if task not in TASKS:
         raise TextuneError(f"unknown task '{task}'{did_you_mean(task, TASKS)}; choose one of {', '.join(TASKS)}")
+    starter = _STARTERS[task]
     recipe = Recipe(task=task)
     recipe.data.train = "train.csv"
+    for key, value in starter.values.items():
+        section, name = key.split(".")
+        setattr(getattr(recipe, section), name, value)
+    optional = {*_TEXT_KEYS, *_PREFERENCE_KEYS, *_TARGET_KEYS} - set(starter.reads)
+    hide = {f"data.{k}" for k in optional} | (set(_TASK_SECTIONS) - {task})
+    if not starter.features:
+        hide.add("features")
     header = [
-        f"# textune recipe ({task}). Paths are relative to this file. Every key is optional but data.train.",
+        f"# textune {task}: predicts {starter.predicts}; main metric: {starter.metric}.",
+        "# Paths (data.*, output.dir) are relative to this file. Every key is optional but data.train.",
         "# Validate with: textune check recipe.yaml    Train with: textune train recipe.yaml",
     ]
-    return "\n".join(header + _annotated(recipe)) + "\n"
+    return "\n".join(header + _annotated(recipe, hide=frozenset(hide), notes=starter.notes)) + "\n"

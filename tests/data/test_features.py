@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from textune.data.features import QUANTITY_FEATURES, Featurizer, quantities, text_field, text_stats
+from textune.features import QUANTITY_FEATURES, Featurizer, quantities, text_field, text_stats
 from textune.recipe import FeaturesConfig
 
 

@@ -88,7 +88,7 @@ def test_frozen_embeddings_feed_the_fusion_head(recipe_factory, news, tmp_path, 
     assert cached, "embeddings are cached on disk"
     # the features are the encoder's own (normalised, mean-pooled) embeddings of the chosen column
     valid = pd.read_csv(news["train"]).head(5)
-    from textune.data.features import Featurizer
+    from textune.features import Featurizer
 
     feats, _ = Featurizer.from_dict(recipe.features, state).transform(valid, ["unused"] * 5, "x.csv")
     direct = embed_texts(

@@ -7,12 +7,16 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from safetensors.torch import load_file
-from transformers import RobertaConfig
+import torch
+from _tiny import make_tiny_model_dir
+from safetensors.torch import load_file, save_file
+from transformers import AutoModel, DistilBertConfig, RobertaConfig
 
 from textune import Predictor, load_recipe, train
 from textune.cli import main
 from textune.errors import TextuneError
+from textune.models.build import build_model
+from textune.models.peft import count_trainable
 from textune.params import parameter_report
 from textune.recipe import recipe_from_dict
 from textune.training.loop import Callback
@@ -86,12 +90,82 @@ def test_params_cli(roberta_base_dir, tmp_path, capsys):
     assert "962,308" in out and "LoRA r=10" in out
 
 
+def _lora_recipe(model_dir, **peft):
+    return recipe_from_dict(
+        {"model": {"name": str(model_dir), "peft": {"method": "lora", "r": 4, "alpha": 8, "dropout": 0.0, **peft}}}
+    )
+
+
+def _trainable_modules(model) -> set[str]:
+    """Names of the bare model's modules with trainable weights (PEFT's wrapper levels taken out)."""
+    out = set()
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            parts = name.removeprefix("base_model.model.").split(".")
+            out.add(".".join(x for x in parts[:-1] if x not in ("modules_to_save", "default")))
+    return out
+
+
+# Tiny encoders (2 layers, width 32) with LoRA r=4 on the query and value projections: 2 layers x 2 projections x
+# r x (32 in + 32 out) = 1,024 adapter weights; a 4-label classifier 32 x 4 + 4 = 132; a 32 -> 32 dense 1,056.
+LORA_QV, CLASSIFIER_4, DENSE_32 = 2 * 2 * 4 * (32 + 32), 32 * 4 + 4, 32 * 32 + 32
+
+
+def test_lora_trains_distilberts_fresh_pre_classifier_too(tmp_path):
+    path = tmp_path / "distilbert"
+    config = DistilBertConfig(vocab_size=100, dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=64)
+    config.num_labels = 4
+    torch.manual_seed(0)
+    AutoModel.from_config(config).save_pretrained(path)  # the "pretrained" backbone: no head weights
+    recipe = _lora_recipe(path)
+    model, report = build_model(recipe, {"num_labels": 4})
+    assert set(report.head_modules) == {"pre_classifier", "classifier"}
+    assert {"pre_classifier", "classifier"} <= _trainable_modules(model)
+    assert count_trainable(model) == LORA_QV + DENSE_32 + CLASSIFIER_4
+    # `textune params` sizes the same head on the meta device
+    assert parameter_report(recipe, num_labels=4)["trainable"] == LORA_QV + DENSE_32 + CLASSIFIER_4
+
+
+def test_lora_trains_a_pooler_the_checkpoint_lacks(tmp_path):
+    """A BERT saved without its pooler (as MLM-only checkpoints are) gets a random one: frozen, it would be noise."""
+    path = make_tiny_model_dir(tmp_path / "bert", "bert")
+    weights = load_file(path / "model.safetensors")
+    assert {"pooler.dense.weight", "pooler.dense.bias"} <= weights.keys()
+    save_file(
+        {k: v for k, v in weights.items() if not k.startswith("pooler.")},
+        path / "model.safetensors",
+        metadata={"format": "pt"},
+    )
+    recipe = _lora_recipe(path)
+    model, report = build_model(recipe, {"num_labels": 4})
+    assert "bert.pooler.dense" in report.head_modules
+    assert {"bert.pooler.dense", "classifier"} <= _trainable_modules(model)
+    assert count_trainable(model) == LORA_QV + DENSE_32 + CLASSIFIER_4
+    assert parameter_report(recipe, num_labels=4)["trainable"] == LORA_QV + DENSE_32 + CLASSIFIER_4
+
+
+@pytest.mark.parametrize(
+    ("family", "head"),
+    [("bert", CLASSIFIER_4), ("roberta", DENSE_32 + CLASSIFIER_4)],  # RoBERTa's head: dense 32 -> 32, out_proj
+)
+def test_lora_head_of_complete_checkpoints_is_the_classifier_alone(tmp_path, family, head):
+    recipe = _lora_recipe(make_tiny_model_dir(tmp_path / family, family))
+    model, report = build_model(recipe, {"num_labels": 4})
+    assert report.head_modules == ["classifier"]
+    assert {m for m in _trainable_modules(model) if "lora_" not in m} == (
+        {"classifier"} if family == "bert" else {"classifier.dense", "classifier.out_proj"}
+    )
+    assert count_trainable(model) == LORA_QV + head
+    assert parameter_report(recipe, num_labels=4)["trainable"] == LORA_QV + head
+
+
 class CrashAt(Callback):
     def __init__(self, step):
         self.step = step
 
     def on_step_end(self, state):
-        if state["step"] == self.step:
+        # the loop hands a TrainState (attributes); it used to hand a dict
+        if (state.step if hasattr(state, "step") else state["step"]) == self.step:
             raise RuntimeError("simulated crash")
 
 

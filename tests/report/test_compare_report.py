@@ -158,3 +158,28 @@ def test_compare_out_suffix_is_dropped(tmp_path, suffix):
     run = _fake(tmp_path, "r", validation={"accuracy": 0.5})
     assert main(["compare", str(run), "--out", str(tmp_path / f"board{suffix}")]) == 0
     assert (tmp_path / "board.csv").is_file() and (tmp_path / "board.png").is_file()
+
+
+def test_leaderboard_ranks_each_metric_in_its_tasks_direction(tmp_path):
+    """rmsle and r2 from the same task rank in opposite directions; a run's recorded direction wins."""
+    from textune.report.compare import leaderboard
+
+    def run(name, task, metric, value, direction=None):
+        d = tmp_path / name
+        d.mkdir()
+        summary = {"task": task, "main_metric": metric, "validation": {metric: value}}
+        if direction:
+            summary["metric_direction"] = direction
+        (d / "summary.json").write_text(json.dumps(summary))
+        return d
+
+    dirs = [
+        run("rmsle-high", "regression", "rmsle", 0.9),
+        run("rmsle-low", "regression", "rmsle", 0.2),
+        run("r2-low", "regression", "r2", 0.1),
+        run("r2-high", "regression", "r2", 0.8),
+    ]
+    table, _ = leaderboard(dirs)
+    order = table["run"].tolist()
+    assert order.index("rmsle-low") < order.index("rmsle-high")
+    assert order.index("r2-high") < order.index("r2-low")

@@ -91,7 +91,7 @@ def test_pooling_gives_one_row_per_text_with_the_mean_probability():
 def test_chunks_train_on_windows_and_predict_one_row_per_text(recipe_factory, news, tmp_path):
     import pandas as pd
 
-    from textune.predict import infer_logits, pad_id_of
+    from textune.models.infer import infer_logits, pad_id_of
 
     recipe = recipe_factory(
         data={"truncation": "chunks", "max_length": 10, "stride": 2, "validation": str(news["valid"])},
@@ -117,7 +117,7 @@ def test_chunks_train_on_windows_and_predict_one_row_per_text(recipe_factory, ne
 def test_training_targets_follow_the_windows(tiny_model, news):
     import pandas as pd
 
-    from textune.data.prepare import Split
+    from textune.prepare import Split
     from textune.recipe import recipe_from_dict
     from textune.tasks import ClassificationTask
 

@@ -101,9 +101,11 @@ def test_multilabel_train_predict(tmp_path, tiny_model, capsys):
     summary = json.loads((run / "summary.json").read_text())
     val = summary["validation"]
     assert {"f1_micro", "f1_macro", "subset_accuracy"} <= set(val)
-    # label frequencies alone (always predict every label) give micro F1 ~0.67; the topic words do better
-    assert val["f1_micro"] > 0.75
-    state = json.loads((run / "labels.json").read_text())
+    # label frequencies alone (always predict every label) give micro F1 ~0.67; the topic words do better. The
+    # reported f1_micro is cross-fitted (thresholds tuned on other validation folds); the raw 0.5 decision is
+    # reported beside it
+    assert val["f1_micro_uncalibrated"] > 0.75 and val["f1_micro"] > 0.67
+    state = json.loads((run / "task.json").read_text())
     assert state["labels"] == ["money", "sport", "tech"] and len(state["thresholds"]) == 3
     table = pd.read_csv(run / "plots" / "per_label.csv")
     assert table["label"].tolist() == state["labels"] and table["threshold"].tolist() == state["thresholds"]
@@ -113,7 +115,7 @@ def test_multilabel_train_predict(tmp_path, tiny_model, capsys):
     assert main(["predict", str(run), "--input", str(test), "--output", str(proba_path), "--proba"]) == 0
     capsys.readouterr()
     sub, proba = pd.read_csv(sub_path, keep_default_na=False), pd.read_csv(proba_path)
-    assert sub.columns.tolist() == ["id", "tags"] and proba.columns.tolist() == ["id", "money", "sport", "tech"]
+    assert sub.columns.tolist() == ["id", "tags"] and proba.columns.tolist() == ["id", "tags", "money", "sport", "tech"]
     # a label is in a row's set exactly when its probability reaches that label's saved threshold
     chosen = proba[["money", "sport", "tech"]].to_numpy() >= np.asarray(state["thresholds"])
     expected = ["|".join(lab for lab, on in zip(state["labels"], row, strict=True) if on) for row in chosen]

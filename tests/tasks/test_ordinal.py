@@ -91,7 +91,7 @@ def test_ordinal_train_evaluate_predict(tmp_path, tiny_model, capsys):
     # the level words are learnable: clearly better than chance agreement (QWK 0)
     assert val["qwk"] > 0.3
     assert (run / "plots" / "confusion_matrix.png").is_file()
-    assert json.loads((run / "labels.json").read_text())["labels"] == LEVELS
+    assert json.loads((run / "task.json").read_text())["labels"] == LEVELS
 
     assert main(["evaluate", str(run), "--input", str(test)]) == 0
     capsys.readouterr()
@@ -100,7 +100,7 @@ def test_ordinal_train_evaluate_predict(tmp_path, tiny_model, capsys):
     assert main(["predict", str(run), "--input", str(test), "--output", str(proba_path), "--proba"]) == 0
     sub, proba = pd.read_csv(sub_path), pd.read_csv(proba_path)
     assert sub.columns.tolist() == ["id", "level"] and set(sub["level"]) <= set(LEVELS)
-    assert proba.columns.tolist() == ["id", *LEVELS]
+    assert proba.columns.tolist() == ["id", "level", *LEVELS] and proba["level"].tolist() == sub["level"].tolist()
     np.testing.assert_allclose(proba[LEVELS].sum(axis=1), 1.0, atol=1e-5)
 
     predictor = Predictor.load(run)

@@ -13,8 +13,9 @@ import torch
 
 from textune import Predictor, load_recipe, train
 from textune.cli import main
+from textune.errors import TextuneError
 from textune.recipe import recipe_from_dict
-from textune.tasks.regression import RegressionTask, focal_smape_rows, smape, smape_rows
+from textune.tasks.regression import RegressionTask, smape, smape_rows
 
 
 def test_smape_by_hand_with_zeros():
@@ -27,13 +28,58 @@ def test_smape_by_hand_with_zeros():
     np.testing.assert_allclose(rows_t.numpy(), [20 / 210, 0, 2, 2])
 
 
+def _loss(kind: str, pred: list[float], true: list[float], gamma: float = 1.0) -> float:
+    """The task's training loss on raw values (no transform, loss in original units: prediction = output)."""
+    recipe = recipe_from_dict(
+        {
+            "task": "regression",
+            "data": {"target": "price"},
+            "regression": {"loss": kind, "loss_space": "original", "gamma": gamma},
+        }
+    )
+    task = RegressionTask(recipe)  # unfitted: mean 0, std 1, so the model output is the prediction itself
+    return float(task.loss(torch.tensor(pred), torch.tensor(true)))
+
+
 def test_focal_smape_by_hand():
-    pred, true = np.array([100.0, 0.0, 10.0]), np.array([110.0, 5.0, 10.0])
-    s = np.array([20 / 210, 2.0, 0.0])
-    gamma = 2.0
-    np.testing.assert_allclose(focal_smape_rows(pred, true, gamma), s * (s / 2) ** gamma)
-    # gamma 0 is plain SMAPE
-    np.testing.assert_allclose(focal_smape_rows(pred, true, 0.0), s)
+    # row 1: |110 - 100| / ((110 + 100) / 2) = 10 / 105 = 2/21;  row 2: |50 - 100| / ((50 + 100) / 2) = 50 / 75 = 2/3
+    # gamma = 1: s * s**1 = s**2 -> 4/441 and 4/9 = 196/441; mean = (200/441) / 2 = 100/441; in percent 10000/441
+    assert _loss("focal_smape", [110.0, 50.0], [100.0, 100.0], gamma=1.0) == pytest.approx(22.675736961, rel=1e-6)
+    # gamma = 2: s**3 -> 8/9261 and 8/27 = 2744/9261; mean = 2752/9261 / 2 = 1376/9261; in percent 137600/9261
+    assert _loss("focal_smape", [110.0, 50.0], [100.0, 100.0], gamma=2.0) == pytest.approx(14.858006695, rel=1e-6)
+    # 0/0 counts as a perfect row: (0 + 2/3 * 2/3) / 2 = 2/9 -> 22.222...%
+    assert _loss("focal_smape", [0.0, 50.0], [0.0, 100.0], gamma=1.0) == pytest.approx(22.222222222, rel=1e-6)
+
+
+def test_smape_loss_is_in_percent_and_gamma_zero_is_plain_smape():
+    # (2/21 + 2/3) / 2 = (2/21 + 14/21) / 2 = 8/21; in percent 800/21
+    expected = 38.095238095
+    assert _loss("smape", [110.0, 50.0], [100.0, 100.0]) == pytest.approx(expected, rel=1e-6)
+    assert _loss("focal_smape", [110.0, 50.0], [100.0, 100.0], gamma=0.0) == pytest.approx(expected, rel=1e-6)
+    assert smape(np.array([110.0, 50.0]), np.array([100.0, 100.0])) == pytest.approx(expected, rel=1e-9)
+
+
+def test_focal_smape_gradient_is_finite_at_a_perfect_row():
+    # s**gamma alone has an infinite slope at s = 0 for gamma < 1; the loss must not turn that into nan
+    recipe = recipe_from_dict(
+        {"task": "regression", "regression": {"loss": "focal_smape", "loss_space": "original", "gamma": 0.5}}
+    )
+    task = RegressionTask(recipe)
+    out = torch.tensor([100.0, 50.0], requires_grad=True)
+    task.loss(out, torch.tensor([100.0, 100.0])).backward()
+    assert torch.isfinite(out.grad).all()
+
+
+@pytest.mark.parametrize("value", [1e39, -1e39, 3.5e38])
+def test_target_beyond_float32_is_a_bad_target(value):
+    recipe = recipe_from_dict({"task": "regression", "data": {"target": "price"}})
+    task = RegressionTask(recipe)
+    df = pd.DataFrame({"price": [1.0, 2.0, value, 4.0]})
+    with pytest.raises(TextuneError, match=r"1 .*target\(s\) in column 'price' of train \(file lines 4; e\.g\. "):
+        task.targets(df, "train.csv", "train")
+    # the largest float32 itself is still a number the model can be trained on
+    df.loc[2, "price"] = float(np.finfo(np.float32).max)
+    assert np.isfinite(task.targets(df, "train.csv", "train")).all()
 
 
 @pytest.mark.parametrize("transform", ["none", "log1p", "log"])
@@ -48,6 +94,7 @@ def test_target_transform_round_trips(transform):
     fwd = {"none": lambda v: v, "log1p": np.log1p, "log": np.log}[transform]
     z = (fwd(y) - task.mean) / task.std
     np.testing.assert_allclose(task.to_original(z), y, rtol=1e-9)
+    np.testing.assert_allclose(task.to_outputs(y), z, rtol=1e-12)  # what a ridge baseline is fitted on
     np.testing.assert_allclose(task.to_original(torch.tensor(z)).numpy(), y, rtol=1e-6)
     # clipping applies after the inverse
     task.cfg.clip_min = 1.0
@@ -165,4 +212,16 @@ def test_bad_target_is_one_clear_error(tmp_path, tiny_model, capsys):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith("error:")
     assert "column 'price'" in err and "file lines 5, 9" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_target_beyond_float32_stops_before_training(tmp_path, tiny_model, capsys):
+    path = _recipe(tmp_path, tiny_model, train={"max_steps": 2})
+    df = pd.read_csv(tmp_path / "train.csv")
+    df.loc[10, "price"] = 1e39  # finite as a float64, inf once cast to the model's float32
+    df.to_csv(tmp_path / "train.csv", index=False)
+    assert main(["train", str(path), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("error:")
+    assert "column 'price'" in err and "file lines 12;" in err and "train.lr" not in err
     assert not (tmp_path / "run").exists()

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import textune.training.loop as loop
+import textune.training.setup as loop  # trial_step: the batch-size probe lives in setup
 from textune import load_recipe, train
 from textune.errors import TextuneError
 from textune.training.batch_size import find_micro_batch

@@ -9,7 +9,9 @@ import csv
 import hashlib
 import io
 import logging
+import re
 import string
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,6 +40,15 @@ _BOMS = (
     (codecs.BOM_UTF16_LE, "utf-16"),
     (codecs.BOM_UTF16_BE, "utf-16"),
 )
+# What to check when a file of each format cannot be parsed.
+_PARSE_ADVICE = {
+    "csv": "check quoting and delimiters",
+    "tsv": "check quoting and that columns are separated by tabs",
+    "jsonl": "write one JSON object per line",
+    "parquet": "is the file corrupted or not Parquet?",
+}
+# pandas' C parser on a row with more fields than the header ("line" counts a quoted multi-line cell as one line)
+_TOO_MANY_FIELDS = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
 # Whether .pkl inputs may be read: off unless the user passed --allow-pickle (the CLI sets it per command).
 _ALLOW_PICKLE: contextvars.ContextVar[bool] = contextvars.ContextVar("textune_allow_pickle", default=False)
 
@@ -50,6 +61,21 @@ def pickle_allowed(allow: bool = True) -> Iterator[None]:
         yield
     finally:
         _ALLOW_PICKLE.reset(token)
+
+
+def row_ref(index: int, *, file_line: int | None = None) -> str:
+    """How every message names a row: ``"data row 3 (file line 4)"``.
+
+    Args:
+        index: 0-based position in the DataFrame (as :func:`read_table` returns it, in file order).
+        file_line: the 1-based line of the file where the row starts, when known. Default ``index + 2``: one line
+            per row after one header line, which is exact unless a quoted cell spans lines or blank lines were
+            skipped.
+
+    Returns:
+        The 1-based data row (1 = the first row after the header) and the line an editor shows.
+    """
+    return f"data row {index + 1} (file line {index + 2 if file_line is None else file_line})"
 
 
 def sha256_file(path: str | Path) -> str:
@@ -133,6 +159,7 @@ def read_table(path: str | Path, *, allow_pickle: bool | None = None) -> pd.Data
     if path.stat().st_size == 0:
         raise TextuneError(f"{path}: file is empty; it needs a header row and at least one data row")
     fmt = "pickle" if suffix in PICKLE_SUFFIXES else FORMATS.get(suffix)
+    text = ""  # the decoded text of a text format, for the header and error checks below
     if fmt is None:
         excel = " (Excel: File > Save As > CSV UTF-8)" if suffix in (".xlsx", ".xls", ".xlsm", ".ods") else ""
         raise TextuneError(f"{path}: unknown file type '{suffix}'; use .csv, .tsv, .jsonl or .parquet{excel}")
@@ -163,8 +190,11 @@ def read_table(path: str | Path, *, allow_pickle: bool | None = None) -> pd.Data
     except TextuneError:
         raise
     except (pd.errors.ParserError, ValueError, OSError, csv.Error) as exc:
+        if fmt in ("csv", "tsv"):
+            _raise_for_ragged_row(path, text, fmt, str(exc))
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TextuneError(f"{path}: cannot be parsed as {fmt} ({first}); check quoting and delimiters") from None
+        advice = _PARSE_ADVICE.get(fmt, "is the file corrupted?")
+        raise TextuneError(f"{path}: cannot be parsed as {fmt} ({first}); {advice}") from None
     except Exception as exc:  # pyarrow and friends raise their own types for corrupt files
         raise TextuneError(f"{path}: cannot be read as {fmt} ({type(exc).__name__}); is the file corrupted?") from None
     if len(df.columns) == 0:
@@ -172,13 +202,84 @@ def read_table(path: str | Path, *, allow_pickle: bool | None = None) -> pd.Data
     if len(df) == 0:
         raise TextuneError(f"{path}: has a header but no data rows")
     columns = [str(c).strip() for c in df.columns]
-    seen: set[str] = set()
-    for col in columns:
-        if col in seen:
-            raise TextuneError(f"{path}: column name '{col}' appears twice in the header; rename one of them")
-        seen.add(col)
+    # pandas renames a repeated CSV header name ('a', 'a.1'), so the header is also checked as written. Empty
+    # names are left out: pandas names them 'Unnamed: N', which never repeat.
+    written = [c for c in _csv_header(text, fmt) if c] if fmt in ("csv", "tsv") else []
+    for names in (written, columns):
+        seen: set[str] = set()
+        for col in names:
+            if col in seen:
+                raise TextuneError(f"{path}: column name '{col}' appears twice in the header; rename one of them")
+            seen.add(col)
     df.columns = columns
     return df.reset_index(drop=True)
+
+
+@contextlib.contextmanager
+def _no_field_limit() -> Iterator[None]:
+    """The csv module refuses cells over 128 KiB by default; pandas reads any size, so the re-reads here must too."""
+    old = csv.field_size_limit()
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    try:
+        yield
+    finally:
+        csv.field_size_limit(old)
+
+
+def _lines(text: str) -> Iterator[str]:
+    """The lines of ``text`` with their endings, one at a time: the header is read without copying a large file."""
+    start, end = 0, len(text)
+    while start < end:
+        stop = text.find("\n", start)
+        if stop < 0:
+            yield text[start:]
+            return
+        yield text[start : stop + 1]
+        start = stop + 1
+
+
+def _records(text: str, fmt: str) -> Iterator[tuple[int, list[str]]]:
+    """Each non-blank record of a CSV/TSV text with the 1-based file line it starts on (quoted cells may span
+    lines, which is why the line is counted here rather than derived from the record's position)."""
+    reader = csv.reader(_lines(text), delimiter="\t" if fmt == "tsv" else ",", quoting=csv.QUOTE_MINIMAL)
+    start = 1
+    with _no_field_limit():
+        for record in reader:
+            if record:  # blank lines: pandas skips them too
+                yield start, record
+            start = reader.line_num + 1
+
+
+def _csv_header(text: str, fmt: str) -> list[str]:
+    """The header names as written (stripped), or ``[]`` when the csv module reads the text differently."""
+    try:
+        for _, record in _records(text, fmt):
+            return [name.strip() for name in record]
+    except csv.Error:
+        pass
+    return []
+
+
+def _raise_for_ragged_row(path: Path, text: str, fmt: str, message: str) -> None:
+    """Names the first row with more fields than the header, as data row and file line, when pandas stopped there.
+
+    pandas counts a quoted multi-line cell as one line and blank lines as lines, so its "line N" matches neither
+    the data row nor the line an editor shows; the file is re-read to name both.
+    """
+    match = _TOO_MANY_FIELDS.search(message)
+    if match is None:
+        return
+    try:
+        records = _records(text, fmt)
+        _, header = next(records)
+        for index, (line, record) in enumerate(records):
+            if len(record) > len(header):
+                raise TextuneError(
+                    f"{path}: {row_ref(index, file_line=line)} has {len(record)} fields but the header has "
+                    f"{len(header)}; {_PARSE_ADVICE[fmt]}"
+                ) from None
+    except (csv.Error, StopIteration):
+        pass  # the csv module disagrees with pandas' reading: fall back to pandas' own message
 
 
 def _read_jsonl(path: Path, text: str) -> pd.DataFrame:
@@ -186,17 +287,20 @@ def _read_jsonl(path: Path, text: str) -> pd.DataFrame:
     import json
 
     lines = text.splitlines()
+    index = 0  # data row: blank lines are skipped, so it can trail the file line
     for n, line in enumerate(lines, start=1):
         if not line.strip():
             continue
+        where = row_ref(index, file_line=n)
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise TextuneError(f"{path}: line {n} is not valid JSON ({exc.msg}); one JSON object per line") from None
+            raise TextuneError(f"{path}: {where} is not valid JSON ({exc.msg}); one JSON object per line") from None
         if not isinstance(obj, dict):
             raise TextuneError(
-                f"{path}: line {n} holds a JSON {type(obj).__name__}, not an object; write one {{...}} per line"
+                f"{path}: {where} holds a JSON {type(obj).__name__}, not an object; write one {{...}} per line"
             )
+        index += 1
     # dtype=False (pandas 3): no type or date guessing; a 'date' column keeps the strings the file holds
     df = pd.read_json(io.StringIO(text), lines=True, dtype=False)
     # A nested value (list or object) becomes its JSON text: cells are strings or numbers, as from a CSV.

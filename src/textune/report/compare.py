@@ -34,12 +34,22 @@ COLUMNS = [
     "wall_s",
     "samples_per_s",
 ]
-# Metrics where smaller is better; every other metric ranks descending.
-_LOWER_IS_BETTER = ("loss", "error", "mae", "mse", "rmse", "mape", "perplexity")
 
 
-def lower_is_better(metric: str) -> bool:
-    return metric.lower().endswith(_LOWER_IS_BETTER)
+def lower_is_better(metric: str, task: str | None = None, recorded: str | None = None) -> bool:
+    """The direction of ``metric``: as the run recorded it (``summary["metric_direction"]``), else as its task
+    declares it. A metric no task declares ranks descending, with a note from :func:`leaderboard`."""
+    if recorded in ("min", "max"):
+        return recorded == "min"
+    from textune.errors import TextuneError
+    from textune.tasks import TASKS, get_task
+
+    if task in TASKS:
+        try:
+            return get_task(task).direction(metric) == "min"
+        except TextuneError:
+            pass
+    return False
 
 
 def main_metric_value(summary: dict) -> tuple[str, float]:
@@ -96,6 +106,7 @@ def run_row(run_dir: Path, summary: dict) -> dict[str, Any]:
         "value": value,
         "wall_s": round(float(wall), 1) if wall is not None else None,
         "samples_per_s": summary.get("train_samples_per_s"),
+        "_direction": summary.get("metric_direction"),
     }
 
 
@@ -123,13 +134,15 @@ def leaderboard(paths: list[str | Path]) -> tuple[pd.DataFrame, list[str]]:
             notes.append(f"{p}: skipped (summary.json is not valid JSON)")
             continue
         rows.append(run_row(p, summary))
-    table = pd.DataFrame(rows, columns=COLUMNS)
+    table = pd.DataFrame(rows, columns=[*COLUMNS, "_direction"])
     if len(table):
         # rank inside each (task, metric) group in that metric's direction; NaN (metric missing) goes last
-        pairs = zip(table.main_metric, table.value, strict=True)
-        table["_key"] = [v if lower_is_better(m) else -v for m, v in pairs]
+        rows = zip(table.main_metric, table.value, table.task, table.pop("_direction"), strict=True)
+        table["_key"] = [v if lower_is_better(m, t, d) else -v for m, v, t, d in rows]
         table = table.sort_values(["task", "main_metric", "_key"], na_position="last", kind="stable")
         table = table.drop(columns="_key").reset_index(drop=True)
+    else:
+        table = table.drop(columns="_direction")
     return table, notes
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from textune import _atomic
 from textune.errors import TextuneError
+from textune.run import layout
 
 _CSS = (
     "body{font-family:system-ui,sans-serif;max-width:64em;margin:2em auto;padding:0 1em;color:#222}"
@@ -75,7 +76,7 @@ def _read_json(path: Path) -> dict:
 def _read_recipe(run_dir: Path) -> tuple[str, dict]:
     import yaml
 
-    path = run_dir / "recipe.yaml"
+    path = run_dir / layout.RECIPE
     if not path.is_file():
         return "", {}
     text = path.read_text(encoding="utf-8")
@@ -132,7 +133,7 @@ def _data_section(run_dir: Path, summary: dict, recipe: dict, manifest: dict) ->
             }
         )
     )
-    labels = _read_json(run_dir / "labels.json").get("labels")
+    labels = _read_json(layout.task_state_path(run_dir)).get("labels")
     label_col = data.get("label")
     counted = {s: df[label_col].value_counts() for s, df in preds.items() if label_col in df.columns}
     if labels and counted:
@@ -145,9 +146,7 @@ def _data_section(run_dir: Path, summary: dict, recipe: dict, manifest: dict) ->
 
 
 def _training_section(run_dir: Path, summary: dict) -> str:
-    from textune.training.loop import read_history
-
-    history = read_history(run_dir / "metrics.jsonl")
+    history = layout.read_history(run_dir)
     train = [r for r in history if r.get("split") == "train"]
     evals = [r for r in history if r.get("split") == "validation"]
     rows = {
@@ -197,13 +196,13 @@ def write_report(run_dir: str | Path, name: str | None = None) -> Path:
     from textune.report.compare import main_metric_value, peft_label
 
     run_dir = Path(run_dir)
-    if not (run_dir / "summary.json").is_file():
+    if not (run_dir / layout.SUMMARY).is_file():
         raise TextuneError(f"{run_dir}: no summary.json, so not a finished run; finish it or train it again")
-    summary = _read_json(run_dir / "summary.json")
+    summary = _read_json(run_dir / layout.SUMMARY)
     if not summary:
         raise TextuneError(f"{run_dir}/summary.json: not valid JSON; the run directory is corrupted")
     recipe_text, recipe = _read_recipe(run_dir)
-    manifest = _read_json(run_dir / "manifest.json")
+    manifest = _read_json(run_dir / layout.MANIFEST)
     name = name or run_dir.name
     metric, value = main_metric_value(summary)
     kind = "baseline" if summary.get("kind") == "baseline" else "fine-tuned run"

@@ -18,11 +18,15 @@ _REGISTRY: dict[str, type[Task]] = {
 }
 
 
+TASKS = tuple(_REGISTRY)
+
+
 def get_task(name: str) -> type[Task]:
     return _REGISTRY[name]
 
 
 __all__ = [
+    "TASKS",
     "Task",
     "ClassificationTask",
     "MultilabelTask",

@@ -10,9 +10,14 @@ import numpy as np
 import pandas as pd
 import torch
 
+from textune._math import logit, sigmoid, softmax
 from textune.data.io import render_texts, template_columns
-from textune.errors import TextuneError
+from textune.errors import TextuneError, did_you_mean
 from textune.recipe import Recipe
+
+# Folds of the validation rows for cross-fitted calibration (temperature, thresholds): each row's calibrated
+# output comes from a calibration fitted on the other folds, so the reported figure is out of sample.
+CALIBRATION_FOLDS = 5
 
 
 class Task(ABC):
@@ -20,12 +25,50 @@ class Task(ABC):
 
     name: str
     main_metric: str
-    greater_is_better: bool = True
+    # Every metric the task reports, with its direction: the one source that early stopping, tune, compare and
+    # the report read ("loss", the task's own loss on validation, is added by the loop and always minimised).
+    metric_directions: dict[str, str] = {}
     # validation metrics drawn in plots/metrics.png (same scale, so they share one axis)
     curve_metrics: tuple[str, ...] = ()
+    # the metric a post-hoc calibration (temperature, thresholds) improves; reported before and after
+    calibration_metric: str | None = None
+    # labels the head needs at least, when its size is the number of labels the data holds (None: fixed size)
+    min_labels: int | None = None
 
     def __init__(self, recipe: Recipe):
         self.recipe = recipe
+        for key, metric in (
+            ("train.early_stopping.metric", recipe.train.early_stopping.metric),
+            ("tune.metric", recipe.tune.metric),
+        ):
+            if metric is not None:
+                self.direction(metric, key)
+
+    # -- metrics ---------------------------------------------------------------------------------------------
+    @property
+    def greater_is_better(self) -> bool:
+        return self.direction(self.main_metric) == "max"
+
+    @classmethod
+    def metric_names(cls) -> list[str]:
+        return [*cls.metric_directions, "loss"]
+
+    @classmethod
+    def direction(cls, metric: str, key: str = "metric") -> str:
+        """``'max'`` or ``'min'`` for a metric this task reports.
+
+        Raises:
+            TextuneError: the task reports no such metric (the message names ``key`` and the choices).
+        """
+        if metric == "loss":
+            return "min"
+        if metric not in cls.metric_directions:
+            names = cls.metric_names()
+            raise TextuneError(
+                f"{key}: task {cls.name} reports no metric '{metric}'{did_you_mean(metric, names)}; choose one of "
+                f"{', '.join(names)}"
+            )
+        return cls.metric_directions[metric]
 
     @abstractmethod
     def fit(self, train: pd.DataFrame, path: str | Path) -> None:
@@ -56,9 +99,32 @@ class Task(ABC):
     def predictions(self, logits: np.ndarray, proba: bool = False) -> pd.DataFrame:
         """Submission columns (without the id) for the given raw outputs, one row per input."""
 
+    def fit_statistics(self, train: pd.DataFrame, path: str | Path) -> None:  # noqa: B027 (optional hook)
+        """Learns statistics (class weights, target mean and spread) from the training rows alone, after the
+        validation split; :meth:`fit` saw the whole file only to fix the label set and check every row."""
+
     def stratify_on(self, df: pd.DataFrame) -> pd.Series | None:
         """The column to stratify the validation split on, if any."""
         return None
+
+    @property
+    def single_text(self) -> bool:
+        """Whether the model reads one text per row (not a pair or preference fields): what `check` measures."""
+        return not self.recipe.data.text_pair
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """The classes counted per split by `check` (None: targets are not classes)."""
+        return None
+
+    def baseline_outputs(self) -> str:
+        """What a linear baseline predicts for this task: 'classes' (log-probabilities), 'cumulative' (ordinal
+        'above level k' logits), 'per_label' (multi-label logits) or 'values' (regression; see :meth:`to_outputs`)."""
+        return "classes"
+
+    def to_outputs(self, targets: np.ndarray) -> np.ndarray:
+        """Targets mapped into the model's raw output space (what a regression baseline is fitted on)."""
+        return targets
 
     def plots(self, out_dir: Path, logits: np.ndarray, targets: np.ndarray) -> list[Path]:
         """Task-specific plots of final validation outputs; the loss and metric curves are drawn elsewhere."""
@@ -165,6 +231,42 @@ class Task(ABC):
         """
         return {}
 
+    # Calibration hooks: the fitted state, and raw outputs mapped so that the identity calibration gives the same
+    # decisions and probabilities as the fitted one (tasks without calibration keep the defaults).
+    def calibration_state(self) -> Any:
+        return None
+
+    def set_calibration_state(self, state: Any) -> None:  # noqa: B027 (optional hook)
+        pass
+
+    def apply_calibration(self, outputs: np.ndarray) -> np.ndarray:
+        return outputs
+
+    def calibrate(self, outputs: np.ndarray, targets: np.ndarray, seed: int = 0) -> dict[str, float]:
+        """Fits the calibration on all validation outputs (what prediction will use) and returns the validation
+        metrics measured honestly: cross-fitted over :data:`CALIBRATION_FOLDS` folds, plus the uncalibrated value
+        of :attr:`calibration_metric`. Without a calibration to fit, the plain metrics."""
+        before = self.calibration_state()
+        if not self.fit_calibration(outputs, targets):
+            return self.metrics(outputs, targets)
+        fitted = self.calibration_state()
+        n = len(targets)
+        folds = np.array_split(np.random.default_rng(seed).permutation(n), min(CALIBRATION_FOLDS, n))
+        crossed = np.zeros_like(outputs, dtype=np.float64)
+        for fold in folds:
+            rest = np.setdiff1d(np.arange(n), fold)
+            self.set_calibration_state(before)
+            if len(rest):
+                self.fit_calibration(outputs[rest], targets[rest])
+            crossed[fold] = self.apply_calibration(outputs[fold])
+        self.set_calibration_state(before)
+        uncalibrated = self.metrics(outputs, targets)
+        honest = self.metrics(crossed.astype(np.float32), targets)
+        self.set_calibration_state(fitted)
+        if self.calibration_metric is not None:
+            honest[f"{self.calibration_metric}_uncalibrated"] = uncalibrated[self.calibration_metric]
+        return honest
+
     submission_proba: bool = False  # True: `predict` writes probabilities even without --proba
 
 
@@ -178,16 +280,14 @@ def pool_windows(outputs: np.ndarray, doc: np.ndarray, how: str, activation: str
     counts = np.bincount(doc, minlength=n).astype(np.float64)[:, None]
     values = outputs.astype(np.float64)
     if how == "mean_proba" and activation == "softmax":
-        z = np.exp(values - values.max(axis=1, keepdims=True))
-        values = z / z.sum(axis=1, keepdims=True)
+        values = softmax(values)
     elif how == "mean_proba" and activation == "sigmoid":
-        values = 1 / (1 + np.exp(-values))
+        values = sigmoid(values)
     sums = np.zeros((n, outputs.shape[1]))
     np.add.at(sums, doc, values)
     mean = sums / np.maximum(counts, 1)
     if how == "mean_proba" and activation == "softmax":
         return np.log(np.clip(mean, 1e-12, None)).astype(np.float32)
     if how == "mean_proba" and activation == "sigmoid":
-        mean = np.clip(mean, 1e-7, 1 - 1e-7)
-        return np.log(mean / (1 - mean)).astype(np.float32)
+        return logit(mean).astype(np.float32)
     return mean.astype(np.float32)

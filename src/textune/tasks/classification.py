@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, confusion_matrix, log_loss, precision_recall_fscore_support
 
+from textune._math import softmax
 from textune.errors import TextuneError
 from textune.tasks.base import Task
 
@@ -33,12 +34,6 @@ def label_model_kwargs(labels: list[str]) -> dict[str, Any]:
     }
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def _label_strings(series: pd.Series) -> pd.Series:
     """Labels as strings; "1.0" from a float column becomes "1" so files with and without NaN agree."""
 
@@ -53,6 +48,14 @@ def _label_strings(series: pd.Series) -> pd.Series:
 class ClassificationTask(Task):
     name = "classification"
     main_metric = "accuracy"
+    min_labels = 2
+    metric_directions = {
+        "accuracy": "max",
+        "precision_macro": "max",
+        "recall_macro": "max",
+        "f1_macro": "max",
+        "log_loss": "min",
+    }
     output_activation = "softmax"
     curve_metrics = ("accuracy", "precision_macro", "recall_macro", "f1_macro")
 
@@ -88,15 +91,26 @@ class ClassificationTask(Task):
             )
         cw = self.recipe.train.class_weights
         if cw == "balanced":
-            counts = labels.value_counts()
-            n, k = len(labels), len(self.labels)
-            self.class_weights = [float(n / (k * counts.get(lab, 1))) for lab in self.labels]
+            self.fit_statistics(train, path)  # on the whole file until the split hands over the training rows
         elif isinstance(cw, list):
             if len(cw) != len(self.labels):
                 raise TextuneError(
                     f"train.class_weights: {len(cw)} weights for {len(self.labels)} labels {self.labels}"
                 )
             self.class_weights = [float(w) for w in cw]
+
+    def fit_statistics(self, train: pd.DataFrame, path: str | Path) -> None:
+        """``class_weights: balanced``: inverse class frequencies of the training rows (validation rows excluded)."""
+        if self.recipe.train.class_weights != "balanced":
+            return
+        counts = _label_strings(train[self.recipe.data.label]).value_counts()
+        n, k = int(counts.sum()), len(self.labels)
+        # a class that the split left out of train gets the weight of a class seen once
+        self.class_weights = [float(n / (k * counts.get(lab, 1))) for lab in self.labels]
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return self.labels
 
     def targets(self, df: pd.DataFrame, path: str | Path, split: str) -> np.ndarray:
         labels = _label_strings(df[self.recipe.data.label])

@@ -17,15 +17,12 @@ import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
 from textune import _atomic
+from textune._math import logit, sigmoid
 from textune.errors import TextuneError
 from textune.tasks.base import Task
 from textune.tasks.classification import check_known_labels, label_model_kwargs
 
 GRID = np.round(np.arange(0.05, 0.951, 0.05), 2)
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1 / (1 + np.exp(-x.astype(np.float64)))
 
 
 def best_threshold(probs: np.ndarray, truth: np.ndarray, default: float) -> float:
@@ -41,6 +38,9 @@ def best_threshold(probs: np.ndarray, truth: np.ndarray, default: float) -> floa
 class MultilabelTask(Task):
     name = "multilabel"
     main_metric = "f1_micro"
+    metric_directions = {"f1_micro": "max", "f1_macro": "max", "subset_accuracy": "max", "hamming_accuracy": "max"}
+    calibration_metric = "f1_micro"
+    min_labels = 1
     output_activation = "sigmoid"
     curve_metrics = ("f1_micro", "f1_macro", "subset_accuracy")
 
@@ -128,6 +128,24 @@ class MultilabelTask(Task):
         probs = sigmoid(outputs)
         self.thresholds = [best_threshold(probs[:, j], targets[:, j], cfg.threshold) for j in range(probs.shape[1])]
         return {"f1_micro_before": before, "f1_micro_after": self.metrics(outputs, targets)["f1_micro"]}
+
+    def calibration_state(self) -> list[float] | None:
+        return None if self.thresholds is None else list(self.thresholds)
+
+    def set_calibration_state(self, state: list[float] | None) -> None:
+        self.thresholds = None if state is None else list(state)
+
+    def apply_calibration(self, outputs: np.ndarray) -> np.ndarray:
+        """Logits shifted so that the default threshold decides as the tuned per-label thresholds do."""
+        default = self.recipe.multilabel.threshold
+        return outputs - logit(self.threshold_array()) + logit(np.full(outputs.shape[1], default))
+
+    def baseline_outputs(self) -> str:
+        return "per_label"
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return None  # targets are label sets: check does not count them as classes
 
     def metrics(self, logits: np.ndarray, targets: np.ndarray) -> dict[str, float]:
         pred = self.decide(logits).astype(int)

@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, confusion_matrix, log_loss
 
-from textune.tasks.classification import ClassificationTask, _label_strings, softmax
+from textune._math import softmax
+from textune.tasks.classification import ClassificationTask, _label_strings
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,13 @@ def cumulative_to_levels(logits: np.ndarray) -> np.ndarray:
 class OrdinalTask(ClassificationTask):
     name = "ordinal"
     main_metric = "qwk"
+    metric_directions = {
+        "qwk": "max",
+        "accuracy": "max",
+        "adjacent_accuracy": "max",
+        "mean_abs_level_error": "min",
+        "log_loss": "min",
+    }
     curve_metrics = ("qwk", "accuracy", "adjacent_accuracy")
 
     @property
@@ -59,6 +67,9 @@ class OrdinalTask(ClassificationTask):
     @property
     def output_activation(self) -> str:  # type: ignore[override]
         return "sigmoid" if self.coral else "softmax"
+
+    def baseline_outputs(self) -> str:
+        return "cumulative" if self.coral else "classes"
 
     def fit(self, train: pd.DataFrame, path: str | Path) -> None:
         if not self.recipe.data.labels:

@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, confusion_matrix, log_loss, precision_recall_fscore_support
 
+from textune._math import softmax
 from textune.errors import TextuneError
 from textune.tasks.base import Task
-from textune.tasks.classification import softmax
 
 OUTCOMES = ("a", "b", "tie")
 PROBA_COLUMNS = ("winner_model_a", "winner_model_b", "winner_tie")
@@ -77,12 +77,27 @@ def parse_cells(values: pd.Series, column: str, path: str | Path) -> list[str]:
 class PreferenceTask(Task):
     name = "preference"
     main_metric = "log_loss"
-    greater_is_better = False
+    metric_directions = {
+        "log_loss": "min",
+        "log_loss_uncalibrated": "min",
+        "accuracy": "max",
+        "f1_a": "max",
+        "f1_b": "max",
+        "f1_tie": "max",
+        "f1_macro": "max",
+    }
+    calibration_metric = "log_loss"
     curve_metrics = ("accuracy", "f1_macro")
     submission_proba = True
 
     def __init__(self, recipe):
         super().__init__(recipe)
+        if recipe.features.enabled:
+            # swapped rows (swap_augment, symmetric_eval) are not input rows: per-row feature arrays would be
+            # indexed past their end, and length differences would need swapping too
+            raise TextuneError(
+                "features: the preference task does not take tabular features yet; remove the features section"
+            )
         self.temperature = 1.0
         self.label_source: list[str] | None = None
         self.labels = list(OUTCOMES)  # the class order of the outputs (check counts them, baselines fit them)
@@ -222,6 +237,24 @@ class PreferenceTask(Task):
     def probabilities(self, outputs: np.ndarray, temperature: float | None = None) -> np.ndarray:
         t = self.temperature if temperature is None else temperature
         return softmax(outputs.astype(np.float64) / t)
+
+    @property
+    def single_text(self) -> bool:
+        return False
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return self.labels
+
+    def calibration_state(self) -> float:
+        return self.temperature
+
+    def set_calibration_state(self, state: float) -> None:
+        self.temperature = float(state)
+
+    def apply_calibration(self, outputs: np.ndarray) -> np.ndarray:
+        """Outputs divided by the temperature: at temperature 1 they give the calibrated probabilities."""
+        return outputs / self.temperature
 
     def fit_calibration(self, outputs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
         """Temperature minimising validation log loss (searched on log T, so T stays positive)."""

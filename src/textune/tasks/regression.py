@@ -24,7 +24,7 @@ _INVERSE_NP = {"none": lambda z: z, "log1p": np.expm1, "log": np.exp}
 
 
 def smape_rows(pred, true):
-    """Per-row SMAPE in [0, 2]: 2|p - y| / (|p| + |y|), with 0/0 counted as 0 (both zero is a perfect guess).
+    """Per-row SMAPE in [0, 2]: |p - y| / ((|p| + |y|) / 2), with 0/0 counted as 0 (both zero is a perfect guess).
 
     Works on numpy arrays and torch tensors alike.
     """
@@ -35,20 +35,32 @@ def smape_rows(pred, true):
 
 
 def smape(pred: np.ndarray, true: np.ndarray) -> float:
-    """SMAPE as a percentage (the competition's definition): 100 * mean(2|p - y| / (|p| + |y|))."""
+    """SMAPE as a percentage (the competition's definition): 100 * mean(|p - y| / ((|p| + |y|) / 2))."""
     return float(100 * np.mean(smape_rows(np.asarray(pred, float), np.asarray(true, float))))
 
 
 def focal_smape_rows(pred, true, gamma: float):
-    """Each row's SMAPE weighted by its own (halved, so in [0, 1]) value to the power gamma: hard rows count more."""
-    s = smape_rows(pred, true)
-    return s * (s / 2) ** gamma
+    """Each row's SMAPE s (in [0, 2]) weighted by itself to the power gamma: s * s**gamma, so hard rows count more.
+
+    Written as s**(1 + gamma): the same value, but its slope at a perfect row (s = 0) is finite for any gamma >= 0,
+    where the product form would give 0 * inf = nan for gamma < 1.
+    """
+    return smape_rows(pred, true) ** (1 + gamma)
+
+
+def focal_smape(pred, true, gamma: float):
+    """Focal SMAPE in percent: 100 * mean(s * s**gamma); gamma = 0 is plain SMAPE (:func:`smape`)."""
+    return 100 * focal_smape_rows(pred, true, gamma).mean()
+
+
+# The model is trained in float32: a larger target would become inf there (and its loss nan).
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 class RegressionTask(Task):
     name = "regression"
     main_metric = "smape"
-    greater_is_better = False
+    metric_directions = {"smape": "min", "mae": "min", "rmse": "min", "rmsle": "min", "r2": "max"}
     curve_metrics = ("smape",)
 
     def __init__(self, recipe):
@@ -67,7 +79,10 @@ class RegressionTask(Task):
     def targets(self, df: pd.DataFrame, path: str | Path, split: str) -> np.ndarray:
         raw = df[self.column]
         values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64, copy=True)
-        bad = ~np.isfinite(values)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            transformed = _FORWARD[self.cfg.transform](values)
+        # float64 holds 1e39, float32 does not: such a target would train on inf, so it is as unusable as "n/a"
+        bad = ~np.isfinite(values) | (np.abs(values) > _FLOAT32_MAX) | ~(np.abs(transformed) <= _FLOAT32_MAX)
         low = {"log": 0.0, "log1p": -1.0}.get(self.cfg.transform)
         if low is not None:
             bad |= values <= low
@@ -77,12 +92,17 @@ class RegressionTask(Task):
             example = raw.iloc[int(np.flatnonzero(bad)[0])]
             need = f" (the {self.cfg.transform} transform needs values > {low:g})" if low is not None else ""
             raise TextuneError(
-                f"{path}: {int(bad.sum())} missing, non-numeric or infinite target(s) in column '{self.column}' of "
-                f"{split} (file lines {shown}; e.g. {example!r}){need}; fix or drop those rows"
+                f"{path}: {int(bad.sum())} missing, non-numeric, infinite or out-of-range (beyond ±3.4e38, the "
+                f"float32 limit) target(s) in column '{self.column}' of {split} (file lines {shown}; e.g. "
+                f"{example!r}){need}; fix or drop those rows"
             )
         return values.astype(np.float32)
 
     def fit(self, train: pd.DataFrame, path: str | Path) -> None:
+        self.fit_statistics(train, path)  # checks every row; the whole file until the split hands over train rows
+
+    def fit_statistics(self, train: pd.DataFrame, path: str | Path) -> None:
+        """Mean and spread of the transformed target over the training rows (validation rows excluded)."""
         y = self.targets(train, path, "train")
         z = _FORWARD[self.cfg.transform](y.astype(np.float64))
         self.mean = float(z.mean())
@@ -103,6 +123,13 @@ class RegressionTask(Task):
 
     def model_kwargs(self) -> dict[str, Any]:
         return {"num_labels": 1, "problem_type": "regression"}
+
+    def baseline_outputs(self) -> str:
+        return "values"
+
+    def to_outputs(self, targets: np.ndarray) -> np.ndarray:
+        """Targets in the model's output space: the standardised transform (the inverse of :meth:`to_original`)."""
+        return (_FORWARD[self.cfg.transform](np.asarray(targets, np.float64)) - self.mean) / self.std
 
     def to_original(self, z):
         """From the model's standardised output to target units (clipped), for tensors or arrays."""
@@ -138,9 +165,11 @@ class RegressionTask(Task):
             return F.l1_loss(pred, true)
         if kind == "huber":
             return F.huber_loss(pred, true, delta=self.cfg.huber_delta)
+        # both SMAPE losses in percent, like the smape metric: with loss_space original the training loss and the
+        # validation smape are the same number (gradient clipping sees 100x the gradients of a fraction)
         if kind == "smape":
-            return smape_rows(pred, true).mean()
-        return focal_smape_rows(pred, true, self.cfg.gamma).mean()
+            return focal_smape(pred, true, 0.0)
+        return focal_smape(pred, true, self.cfg.gamma)
 
     # -- evaluation ------------------------------------------------------------------------------------------
     def metrics(self, logits: np.ndarray, targets: np.ndarray) -> dict[str, float]:

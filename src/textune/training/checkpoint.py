@@ -7,39 +7,20 @@ Weights are safetensors; optimizer, scheduler and RNG state are tensors and plai
 from __future__ import annotations
 
 import json
-import random
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
 from textune import _atomic
+from textune._seed import rng_state, set_rng_state
 from textune.errors import TextuneError
 
 STATE = "state.json"
-
-
-def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+SCALER = "scaler.pt"
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -49,9 +30,16 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(
-    ckpt_dir: Path, model, optimizer, scheduler, state: dict[str, Any], rng_states: list[dict] | None = None
+    ckpt_dir: Path,
+    model,
+    optimizer,
+    scheduler,
+    state: dict[str, Any],
+    rng_states: list[dict] | None = None,
+    scaler=None,
 ) -> None:
-    """Writes the checkpoint; ``rng_states`` holds every process's RNG state in a multi-process run."""
+    """Writes the checkpoint; ``rng_states`` holds every process's RNG state in a multi-process run, ``scaler``
+    the fp16 gradient scaler (its scale and growth tracker), so an fp16 run resumes exactly."""
     ckpt_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{ckpt_dir.name}.", dir=ckpt_dir.parent))
     try:
@@ -59,6 +47,8 @@ def save_checkpoint(
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(rng_states or [rng_state()], tmp / "rng.pt")  # one entry per process
+        if scaler is not None:
+            torch.save(scaler.state_dict(), tmp / SCALER)
         # state.json last: its presence marks a complete checkpoint
         (tmp / STATE).write_text(json.dumps(state, indent=1))
         _atomic.replace_dir(tmp, ckpt_dir)
@@ -67,7 +57,7 @@ def save_checkpoint(
         raise
 
 
-def load_checkpoint(ckpt_dir: Path, model, optimizer, scheduler, rank: int = 0) -> dict[str, Any]:
+def load_checkpoint(ckpt_dir: Path, model, optimizer, scheduler, rank: int = 0, scaler=None) -> dict[str, Any]:
     _atomic.recover_dir(ckpt_dir)
     if not (ckpt_dir / STATE).is_file():
         raise TextuneError(f"{ckpt_dir}: no complete checkpoint to resume from; train again without --resume")
@@ -83,6 +73,8 @@ def load_checkpoint(ckpt_dir: Path, model, optimizer, scheduler, rank: int = 0) 
         states = torch.load(ckpt_dir / "rng.pt", weights_only=True)
         states = states if isinstance(states, list) else [states]
         set_rng_state(states[rank] if rank < len(states) else states[0])
+        if scaler is not None and (ckpt_dir / SCALER).is_file():
+            scaler.load_state_dict(torch.load(ckpt_dir / SCALER, weights_only=True))
     except TextuneError:
         raise
     except Exception as exc:

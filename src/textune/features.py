@@ -136,11 +136,15 @@ def embedding_features(spec, df: pd.DataFrame, texts: list[str], path: str) -> n
 
     from textune.data.io import render_texts
     from textune.data.tokenize import cache_dir
-    from textune.embed import embed_texts, load_encoder
+    from textune.encoder import embed_texts, load_encoder
 
     if spec.text is not None:
         texts = render_texts(df, spec.text, path, key="features.embeddings.text")
-    h = hashlib.sha256(json.dumps(spec.model_dump(), sort_keys=True).encode())
+    if spec.model not in _ENCODERS:
+        _ENCODERS[spec.model] = load_encoder(spec.model)
+    encoder = _ENCODERS[spec.model]
+    # keyed by the weights' fingerprint, not the model's name: a directory retrained in place gives new features
+    h = hashlib.sha256(json.dumps(spec.model_dump(), sort_keys=True).encode() + encoder.fingerprint.encode())
     for t in texts:
         h.update(t.encode("utf-8", "surrogatepass") + b"\x00")
     cache = cache_dir() / "embeddings" / f"{h.hexdigest()[:32]}.npy"
@@ -149,10 +153,8 @@ def embedding_features(spec, df: pd.DataFrame, texts: list[str], path: str) -> n
             return np.load(cache, allow_pickle=False)
         except (OSError, ValueError):
             cache.unlink(missing_ok=True)
-    if spec.model not in _ENCODERS:
-        _ENCODERS[spec.model] = load_encoder(spec.model)
     emb = embed_texts(
-        _ENCODERS[spec.model],
+        encoder,
         texts,
         pooling=spec.pooling,
         normalize=spec.normalize,

@@ -7,18 +7,13 @@ shared by workers on several machines), so running ``textune tune`` again contin
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import gc
-import hashlib
 import json
 import logging
-import os
 import shutil
-import socket
-import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,15 +25,12 @@ from textune import _atomic
 from textune.data import tokenize as tokenize_mod
 from textune.errors import TextuneError
 from textune.recipe import Recipe, apply_overrides, dump_recipe, load_recipe, parse_duration, recipe_from_dict
-from textune.rundir import pid_alive
 from textune.training.loop import Callback, TrainingInterrupted, train
+from textune.tune.space import Grid, check_space, grid_values, suggest, with_params
+from textune.tune.study import STUDY_DB, Heartbeat, ask_trial, open_storage, shown_url
 
 log = logging.getLogger(__name__)
 
-STUDY_DB = "study.db"
-# A trial whose worker stops sending heartbeats for GRACE_S seconds (a machine that died) is marked failed.
-HEARTBEAT_S = 60
-GRACE_S = 180
 PLOTS = ("optimization_history", "intermediate_values", "param_importances", "parallel_coordinate", "slice")
 
 
@@ -64,14 +56,6 @@ class TuneResult:
     tokenizations: int = 0
 
 
-class _Grid(optuna.samplers.GridSampler):
-    """GridSampler calls ``study.stop()`` once the grid is used up, which only works inside ``study.optimize``
-    (and fails the ``tell`` here); this loop stops by its budget, which is capped at the grid size."""
-
-    def after_trial(self, study, trial, state, values) -> None:
-        return None
-
-
 class _Report(Callback):
     """Reports each validation score to the trial and raises ``TrialPruned`` when the pruner says so."""
 
@@ -92,193 +76,8 @@ class _Report(Callback):
             raise optuna.TrialPruned(f"{self.metric} {value:.4f} at step {step}")
 
 
-def _host() -> str:
-    """This machine: host name plus boot id, so two machines that share a host name are not confused."""
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
-    except OSError:
-        boot = ""
-    return f"{socket.gethostname()}/{boot}" if boot else socket.gethostname()
-
-
-def _driver_url(url: str) -> str:
-    """SQLAlchemy 2.1 reads ``postgresql://`` as psycopg 3; use psycopg2 when only that driver is installed."""
-    if url.startswith("postgresql://"):
-        import importlib.util
-
-        if importlib.util.find_spec("psycopg") is None:
-            if importlib.util.find_spec("psycopg2") is None:
-                raise TextuneError(f"--storage {_shown(url)}: no PostgreSQL driver; pip install 'psycopg[binary]'")
-            return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
-    return url
-
-
-def _shown(url: str) -> str:
-    """The URL with its password masked, for messages and printed output."""
-    from sqlalchemy.engine import make_url
-
-    with contextlib.suppress(Exception):
-        return make_url(url).render_as_string(hide_password=True)
-    return url
-
-
-def _storage(given: str) -> optuna.storages.RDBStorage:
-    from sqlalchemy.exc import IntegrityError, ProgrammingError
-
-    url = _driver_url(given)
-    for attempt in range(4):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                # Heartbeats let any worker fail the trials of a worker (or machine) that died mid-trial.
-                return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
-        except (IntegrityError, ProgrammingError):
-            # Workers started together on an empty database race to create Optuna's tables; the loser's
-            # CREATE fails once the winner's exist, and a second look finds them.
-            if attempt == 3:
-                raise
-            time.sleep(0.5 + attempt)
-        except Exception as exc:  # sqlalchemy raises many kinds (driver missing, auth, unreachable host)
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise TextuneError(
-                f"--storage {_shown(url)}: cannot open the study storage ({first}); check the URL"
-            ) from None
-    raise AssertionError("unreachable")
-
-
-@contextlib.contextmanager
-def _ask_lock(storage: optuna.storages.RDBStorage, study_name: str) -> Iterator[None]:
-    """Serialises "count the trials, then ask for one" across workers, so a study never overshoots its budget."""
-    url = storage.url
-    if url.startswith("postgresql"):
-        from sqlalchemy import text
-
-        key = int.from_bytes(hashlib.sha256(f"textune:{study_name}".encode()).digest()[:8], "big", signed=True)
-        with storage.engine.connect() as conn:
-            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
-            try:
-                yield
-            finally:
-                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                conn.commit()
-    elif url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        lock_path = Path(url.removeprefix("sqlite:///")).with_suffix(".lock")
-        with open(lock_path, "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
-    else:  # other databases: without a lock, two workers racing at the very end may run one trial too many
-        yield
-
-
-def _fail_dead_trials(study: optuna.Study) -> None:
-    """Marks as failed the running trials whose worker is gone: at once for this machine, by heartbeat elsewhere."""
-    host = _host()
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        pid = t.user_attrs.get("pid")
-        if t.user_attrs.get("host") == host and isinstance(pid, int) and pid != os.getpid() and not pid_alive(pid):
-            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-                study._storage.set_trial_user_attr(t._trial_id, "killed", True)
-                study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
-                log.info("trial %d: its worker (pid %d) is gone; marked failed", t.number, pid)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
-
-
-def _counted(t: optuna.trial.FrozenTrial) -> bool:
-    """Trials that use up the budget: finished or running ones, and failures of the trial itself. A trial
-    whose worker was killed or interrupted failed for no reason of its own, so its slot is tried again."""
-    s = optuna.trial.TrialState
-    if t.state == s.FAIL:
-        return "error" in t.user_attrs
-    return t.state in (s.COMPLETE, s.PRUNED, s.RUNNING)
-
-
-def _ask(study: optuna.Study, storage: optuna.storages.RDBStorage, budget: int) -> optuna.Trial | None:
-    with _ask_lock(storage, study.study_name):
-        _fail_dead_trials(study)
-        if sum(_counted(t) for t in study.get_trials(deepcopy=False)) >= budget:
-            return None
-        with warnings.catch_warnings():
-            # Optuna warns that heartbeats are meant for study.optimize; _Heartbeat records them for ask/tell.
-            warnings.filterwarnings("ignore", message="Heartbeat of storage")
-            trial = study.ask()
-        # Set while the lock is held, so no other worker can take this trial for a dead one.
-        trial.set_user_attr("host", _host())
-        trial.set_user_attr("pid", os.getpid())
-        return trial
-
-
-class _Heartbeat:
-    """Records the running trial's heartbeat from a thread (``study.optimize`` does this; ask/tell must)."""
-
-    def __init__(self, storage: optuna.storages.RDBStorage, trial_id: int):
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(storage, trial_id), daemon=True)
-
-    def _run(self, storage: optuna.storages.RDBStorage, trial_id: int) -> None:
-        while True:
-            with contextlib.suppress(Exception):  # a lost beat only risks a late "stale" verdict
-                storage.record_heartbeat(trial_id)
-            if self._stop.wait(HEARTBEAT_S):
-                return
-
-    def __enter__(self) -> _Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-
-def _suggest(trial: optuna.Trial, key: str, spec: dict[str, Any]) -> Any:
-    if "categorical" in spec:
-        return trial.suggest_categorical(key, spec["categorical"])
-    if "int" in spec:
-        lo, hi = spec["int"]
-        return trial.suggest_int(key, lo, hi, step=spec.get("step") or 1, log=bool(spec.get("log")))
-    lo, hi = spec["float"]
-    return trial.suggest_float(key, float(lo), float(hi), step=spec.get("step"), log=bool(spec.get("log")))
-
-
-def _with_params(base: dict, params: dict[str, Any], source: str) -> Recipe:
-    """The base recipe with dotted ``params`` applied, validated like any recipe."""
-    raw = apply_overrides(base, [f"{k}={json.dumps(v)}" for k, v in params.items()])
-    return recipe_from_dict(raw, source=source)
-
-
-def _grid(space: dict[str, dict[str, Any]], source: str) -> dict[str, list[Any]]:
-    grid: dict[str, list[Any]] = {}
-    for key, spec in space.items():
-        if "categorical" in spec:
-            grid[key] = list(spec["categorical"])
-            continue
-        kind = "int" if "int" in spec else "float"
-        lo, hi = spec[kind]
-        step = spec.get("step") or (1 if kind == "int" else None)
-        if step is None or spec.get("log"):
-            raise TextuneError(
-                f"{source}: tune.space.{key}: the grid sampler needs a finite set of values; give the range a "
-                f"step or use categorical"
-            )
-        n = int(round((hi - lo) / step)) + 1
-        grid[key] = [lo + i * step if kind == "int" else round(lo + i * step, 12) for i in range(n)]
-    return grid
-
-
-def _check_space(base: dict, space: dict[str, dict[str, Any]], source: str) -> None:
-    """Every bound and choice must give a valid recipe: found now, not as a failed trial an hour in."""
-    for key, spec in space.items():
-        values = spec.get("categorical") or spec.get("int") or spec.get("float")
-        for value in values:
-            _with_params(base, {key: value}, f"{source}: tune.space.{key} = {value!r}")
-
-
 def _metric_and_direction(recipe: Recipe) -> tuple[str, str]:
+    """The metric the study optimises and its direction, as the task declares it (``tune.direction`` overrides)."""
     from textune.tasks import get_task
 
     task_cls = get_task(recipe.task)
@@ -286,10 +85,7 @@ def _metric_and_direction(recipe: Recipe) -> tuple[str, str]:
     metric = cfg.metric or recipe.train.early_stopping.metric or task_cls.main_metric
     if cfg.direction:
         return metric, cfg.direction
-    if metric.endswith("loss"):
-        return metric, "minimize"
-    greater = task_cls.greater_is_better if metric == task_cls.main_metric else True
-    return metric, "maximize" if greater else "minimize"
+    return metric, "maximize" if task_cls.direction(metric, "tune.metric") == "max" else "minimize"
 
 
 def _prepare_data(recipe: Recipe) -> int:
@@ -298,16 +94,10 @@ def _prepare_data(recipe: Recipe) -> int:
     Returns:
         How many tokenizations actually ran (cache misses).
     """
-    from textune.data.prepare import load_splits
-    from textune.models.backbone import load_tokenizer
-    from textune.tasks import get_task
+    from textune.prepare import prepare
 
     before = tokenize_mod.MISSES
-    task = get_task(recipe.task)(recipe)
-    splits = load_splits(recipe, task)
-    tokenizer = load_tokenizer(recipe.model.name, recipe.model.allow_network, recipe.model.trust_remote_code)
-    for split in splits.values():
-        task.encode_split(tokenizer, split)  # the same encoding (pairs, windows, shares) a trial will ask for
+    prepare(recipe, features=False)  # the same encoding (pairs, windows, shares) a trial will ask for
     return tokenize_mod.MISSES - before
 
 
@@ -329,13 +119,13 @@ def _run_trial(
     study_dir: Path,
 ) -> optuna.trial.TrialState:
     state = optuna.trial.TrialState
-    params = {key: _suggest(trial, key, spec) for key, spec in recipe.tune.space.items()}
+    params = {key: suggest(trial, key, spec) for key, spec in recipe.tune.space.items()}
     run_dir = study_dir / "trials" / f"{trial.number:04d}"
     trial.set_user_attr("run_dir", str(run_dir.resolve()))
     report = _Report(trial, metric, direction)
     try:
-        trial_recipe = _with_params(base, params, f"trial {trial.number}")
-        with _Heartbeat(storage, trial._trial_id):
+        trial_recipe = with_params(base, params, f"trial {trial.number}")
+        with Heartbeat(storage, trial._trial_id):
             train(trial_recipe, out=run_dir, callbacks=[report])
     except optuna.TrialPruned as exc:
         log.debug("trial %d pruned: %s", trial.number, exc)
@@ -420,9 +210,9 @@ def tune(
     if budget < 1:
         raise TextuneError(f"--trials {budget}: give at least 1")
     base = recipe.to_dict()  # data paths already absolute, so trials can run from the study directory
-    _check_space(base, cfg.space, source)
+    check_space(base, cfg.space, source)
     metric, direction = _metric_and_direction(recipe)
-    if cfg.metric and recipe.train.early_stopping.metric is None:
+    if recipe.train.early_stopping.metric is None and (cfg.metric or cfg.direction):
         # Each trial keeps the checkpoint that is best by the metric the study optimises.
         base = apply_overrides(
             base,
@@ -434,54 +224,23 @@ def tune(
     study_dir.mkdir(parents=True, exist_ok=True)
     url = storage or f"sqlite:///{(study_dir / STUDY_DB).resolve()}"
 
-    if cfg.sampler == "grid":
-        grid = _grid(cfg.space, source)
-        size = 1
-        for values in grid.values():
-            size *= len(values)
-        if size < budget:
-            log.info("the grid has %d points; running %d trials, not %d", size, size, budget)
-            budget = size
-        sampler: optuna.samplers.BaseSampler = _Grid(grid, seed=cfg.seed)
-    elif cfg.sampler == "random":
-        sampler = optuna.samplers.RandomSampler(seed=cfg.seed)
-    else:
-        sampler = optuna.samplers.TPESampler(seed=cfg.seed)
-    pruner: optuna.pruners.BasePruner = {
-        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=cfg.prune_after),
-        "hyperband": lambda: optuna.pruners.HyperbandPruner(),
-        "none": lambda: optuna.pruners.NopPruner(),
-    }[cfg.pruner]()
+    sampler, budget = _sampler(recipe, source, budget)
+    pruner = _pruner(recipe)
 
     tokenizations = _prepare_data(recipe)
-    rdb = _storage(url)
+    rdb = open_storage(url)
     study = optuna.create_study(
         storage=rdb, study_name=study_name, direction=direction, sampler=sampler, pruner=pruner, load_if_exists=True
     )
     if study.direction.name.lower() != direction or study.user_attrs.get("metric", metric) != metric:
         raise TextuneError(
-            f"study '{study_name}' in {_shown(url)} optimises {study.user_attrs.get('metric')} "
+            f"study '{study_name}' in {shown_url(url)} optimises {study.user_attrs.get('metric')} "
             f"({study.direction.name.lower()}), the recipe asks {metric} ({direction}); use another --study"
         )
     study.set_user_attr("metric", metric)
 
-    start = time.monotonic()
-    say = echo or (lambda _line: None)
     try:
-        while budget_s is None or time.monotonic() - start < budget_s:
-            trial = _ask(study, rdb, budget)
-            if trial is None:
-                break
-            t0 = time.monotonic()
-            result = _run_trial(study, rdb, trial, base, recipe, metric, direction, study_dir)
-            frozen = study._storage.get_trial(trial._trial_id)
-            value = f" {metric} {frozen.value:.4f}" if frozen.value is not None else ""
-            say(
-                f"trial {trial.number}: {result.name.lower()}{value} in {time.monotonic() - t0:.1f} s "
-                f"({', '.join(f'{k}={v}' for k, v in frozen.params.items())})"
-            )
-        else:
-            log.info("time budget of %.0f s used up", budget_s)
+        _run_session(study, rdb, budget, budget_s, base, recipe, metric, direction, study_dir, echo)
     finally:
         # Whatever stopped the session (budget, Ctrl-C, a study-wide error), the study dir shows what is stored.
         result_ = _write_outputs(study, base, study_dir, metric, direction, url)
@@ -491,6 +250,62 @@ def tune(
     return result_
 
 
+def _sampler(recipe: Recipe, source: str, budget: int) -> tuple[optuna.samplers.BaseSampler, int]:
+    """The recipe's sampler, and the trial budget (a grid caps it at its number of points)."""
+    cfg = recipe.tune
+    if cfg.sampler == "grid":
+        grid = grid_values(cfg.space, source)
+        size = 1
+        for values in grid.values():
+            size *= len(values)
+        if size < budget:
+            log.info("the grid has %d points; running %d trials, not %d", size, size, budget)
+            budget = size
+        return Grid(grid, seed=cfg.seed), budget
+    if cfg.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=cfg.seed), budget
+    return optuna.samplers.TPESampler(seed=cfg.seed), budget
+
+
+def _pruner(recipe: Recipe) -> optuna.pruners.BasePruner:
+    cfg = recipe.tune
+    return {
+        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=cfg.prune_after),
+        "hyperband": lambda: optuna.pruners.HyperbandPruner(),
+        "none": lambda: optuna.pruners.NopPruner(),
+    }[cfg.pruner]()
+
+
+def _run_session(
+    study: optuna.Study,
+    rdb: optuna.storages.RDBStorage,
+    budget: int,
+    budget_s: float | None,
+    base: dict,
+    recipe: Recipe,
+    metric: str,
+    direction: str,
+    study_dir: Path,
+    echo: Callable[[str], None] | None,
+) -> None:
+    """Asks for trials and runs them until the study's trial budget or this session's time budget is used up."""
+    start = time.monotonic()
+    say = echo or (lambda _line: None)
+    while budget_s is None or time.monotonic() - start < budget_s:
+        trial = ask_trial(study, rdb, budget)
+        if trial is None:
+            return
+        t0 = time.monotonic()
+        result = _run_trial(study, rdb, trial, base, recipe, metric, direction, study_dir)
+        frozen = study._storage.get_trial(trial._trial_id)
+        value = f" {metric} {frozen.value:.4f}" if frozen.value is not None else ""
+        say(
+            f"trial {trial.number}: {result.name.lower()}{value} in {time.monotonic() - t0:.1f} s "
+            f"({', '.join(f'{k}={v}' for k, v in frozen.params.items())})"
+        )
+    log.info("time budget of %.0f s used up", budget_s)
+
+
 def _write_outputs(
     study: optuna.Study, base: dict, study_dir: Path, metric: str, direction: str, url: str
 ) -> TuneResult:
@@ -498,13 +313,13 @@ def _write_outputs(
     counts: dict[str, int] = {}
     for t in trials:
         counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
-    result = TuneResult(study_dir, study.study_name, _shown(url), metric, direction, counts)
+    result = TuneResult(study_dir, study.study_name, shown_url(url), metric, direction, counts)
     _write_trials_csv(study, study_dir / "trials.csv")
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     if complete:
         best = study.best_trial
         result.best_value, result.best_params = best.value, dict(best.params)
-        recipe = _with_params(base, best.params, f"best trial {best.number}")
+        recipe = with_params(base, best.params, f"best trial {best.number}")
         header = (
             f"# Best recipe of study '{study.study_name}': trial {best.number}, {metric} {best.value:.6g}\n"
             f"# ({len(complete)} completed of {len(trials)} trials). Train it with: textune train best_recipe.yaml\n"
