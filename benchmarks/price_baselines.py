@@ -13,10 +13,9 @@ import time
 import numpy as np
 from sklearn.ensemble import HistGradientBoostingRegressor
 
-from textune.data.features import Featurizer, attach_features
-from textune.data.prepare import load_splits
+from textune.features import Featurizer, attach_features
+from textune.prepare import prepare
 from textune.recipe import load_recipe
-from textune.tasks import get_task
 from textune.tasks.regression import smape
 
 
@@ -26,8 +25,7 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[])
     args = ap.parse_args()
     recipe = load_recipe(args.recipe, args.set)
-    task = get_task(recipe.task)(recipe)
-    splits = load_splits(recipe, task)
+    splits = prepare(recipe, tokens=False, features=False).splits
     train, valid = splits["train"], splits["validation"]
     out = {"train_rows": len(train.df), "validation_rows": len(valid.df)}
 

@@ -313,7 +313,7 @@ def child_peak(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
     """The best matmul FLOP/s this process reaches in fp32 and bf16 (the denominator of MFU)."""
     import torch
 
-    from textune.training.precision import cpu_has_native_bf16
+    from textune.device import cpu_has_native_bf16
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     out: dict[str, Any] = {"device": str(device), "threads": torch.get_num_threads()}

@@ -136,4 +136,5 @@ def test_predict_restores_input_order_under_length_sorting(recipe_factory, tmp_p
     np.testing.assert_allclose(together, one_by_one, atol=1e-5)
     # and the rows really differ, so a permutation would have been caught
     assert np.abs(together[0] - together[3]).max() > 1e-2
-    np.testing.assert_array_equal(together[0], together[-1])
+    # the same text twice: equal up to the last bits (rows of one batch split over CPU threads may round apart)
+    np.testing.assert_allclose(together[0], together[-1], rtol=0, atol=1e-6)

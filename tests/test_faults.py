@@ -224,7 +224,7 @@ def test_kill_9_at_six_points_then_resume_equals_uninterrupted(setup, capsys):
     run, trainers = setup["base"] / "killed", setup["trainers"]
     fresh = ["train", str(setup["recipe"]), "--out", str(run)]
     resume = ["train", "--resume", str(run)]
-    predict = ["predict", str(run), "--input", str(setup["base"] / "train.csv"), "--output", str(run / "p.csv")]
+    predict = ["predict", str(run), "--input", str(setup["base"] / "train.csv"), "--output", str(run.parent / "p.csv")]
 
     # 1. Inside the first checkpoint write (step 2): no complete checkpoint exists yet.
     trainers.killed(fresh, "ckpt-weights", at=1)

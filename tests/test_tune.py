@@ -16,12 +16,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from textune.tune import search as tune_mod
-from textune.tune import study as study_mod
 from textune.cli import main
 from textune.data import tokenize as tokenize_mod
 from textune.errors import TextuneError
 from textune.recipe import recipe_from_dict
+from textune.tune import search as tune_mod
+from textune.tune import study as study_mod
 
 PNG = b"\x89PNG\r\n\x1a\n"
 SPACE = {

@@ -98,7 +98,9 @@ def load_splits(recipe: Recipe, task: Task) -> dict[str, Split]:
         raise TextuneError("data.train: no training file given; set data.train: path/to/train.csv")
     train_df = read_table(d.train)
     train_df = sample_rows(train_df, d.max_rows, recipe.train.seed)
-    _require(train_df, task, d.train, recipe)
+    # train's ids key predictions only when validation rows are held out of it (a separate validation file keys
+    # its own): only then must they be unique (a retrain on train + validation may repeat them)
+    _require(train_df, task, d.train, recipe, unique_ids=not d.validation)
     task.fit(train_df, d.train)
 
     if d.validation:
@@ -119,7 +121,7 @@ def load_splits(recipe: Recipe, task: Task) -> dict[str, Split]:
 
     splits = {}
     for name, df, path in (("train", train_df, d.train), ("validation", valid_df, valid_path)):
-        _require(df, task, path, recipe)
+        _require(df, task, path, recipe, unique_ids=name == "validation" or not d.validation)
         splits[name] = Split(name, path, df, task.texts(df, path), task.targets(df, path, name))
     if d.test:
         test_df = read_table(d.test)
@@ -131,19 +133,21 @@ def load_splits(recipe: Recipe, task: Task) -> dict[str, Split]:
     return splits
 
 
-def _require(df: pd.DataFrame, task: Task, path: str, recipe: Recipe) -> None:
+def _require(df: pd.DataFrame, task: Task, path: str, recipe: Recipe, unique_ids: bool = True) -> None:
     """Every input and target column the task reads must exist (the error names the recipe key)."""
     for col, key in {**task.input_columns(), **task.target_columns(df)}.items():
         require_columns(df, [col], path, key)
-    _check_ids(df, recipe, path)
+    _check_ids(df, recipe, path, unique_ids)
 
 
-def _check_ids(df: pd.DataFrame, recipe: Recipe, path: str) -> None:
+def _check_ids(df: pd.DataFrame, recipe: Recipe, path: str, unique: bool = True) -> None:
     """``data.id`` keys predictions and submissions: it must name a column, and every id must be there once."""
     col = recipe.data.id
     if col is None:
         return
     require_columns(df, [col], path, "data.id")
+    if not unique:
+        return
     ids = df[col]
     blank = ids.isna() | (ids.astype(str).str.strip() == "")
     if blank.any():

@@ -104,6 +104,18 @@ def test_short_inputs_give_exactly_the_reference_tokens(tokenizer, side, n_field
         assert enc.type_ids.any()  # the segments are really marked
 
 
+@pytest.mark.parametrize("n_fields", [1, 2, 3])
+def test_a_post_processor_without_a_fixed_layout_still_gives_the_reference_tokens(tokenizer, monkeypatch, n_fields):
+    monkeypatch.setattr(tokenize_mod, "_template", lambda backend, n_seqs: None)  # as for an unknown post-processor
+    fields = [SHORT[k:] + SHORT[:k] for k in range(0, 3 * n_fields, 3)]
+    policy = {"side": "head_tail", "head": None, "shares": [0.2, 0.4, 0.4][:n_fields]}
+    enc, _ = encode_fields(tokenizer, fields, 24, policy, use_cache=False)
+    expected = _reference(tokenizer, fields, 24, policy)
+    assert [enc.row(i).tolist() for i in range(len(enc))] == [ids for ids, _ in expected]
+    if enc.type_ids is not None:
+        assert [enc.type_row(i).tolist() for i in range(len(enc))] == [types for _, types in expected]
+
+
 def test_windows_are_exact_slices_of_the_text_with_the_special_tokens(tokenizer):
     texts = [_text(n, seed) for seed, n in enumerate([70, 3, 0, 41])]
     enc, _ = encode_fields(tokenizer, [texts], 16, {"side": "chunks", "stride": 5, "max_chunks": None}, use_cache=False)
