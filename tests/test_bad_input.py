@@ -12,23 +12,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from _cli import fails
 from conftest import make_news, write_recipe
 
 from textune.cli import main
 from textune.data.io import read_table
 from textune.data.tokenize import CHARS_PER_TOKEN_CAP
-
-
-def fails(capsys, *argv) -> str:
-    """Runs the CLI, asserts the bad-input contract and returns the error line."""
-    code = main([str(a) for a in argv])
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error: "), err
-    return lines[0]
 
 
 def write_csv(path: Path, text: str | bytes) -> Path:
@@ -96,7 +85,7 @@ def test_empty_or_nan_label_in_train_names_the_line(small, capsys, missing):
     df.loc[5, "label"] = missing
     line = fails(capsys, "check", small(df))
     assert "1 empty label(s) in column 'label' of train" in line
-    assert "file lines 7" in line  # row 5 + header + 1-based
+    assert "data row 6 (file line 7)" in line  # row 5 + header + 1-based
     assert "fill them or drop those rows" in line
 
 
@@ -106,7 +95,7 @@ def test_null_label_in_jsonl(small, tmp_path, capsys):
     rows[3]["label"] = None
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     line = fails(capsys, "check", small(suffix=".jsonl"))
-    assert "empty label(s)" in line and "file lines 5" in line
+    assert "empty label(s)" in line and "(file line 5)" in line
 
 
 def test_single_class(small, capsys):
@@ -458,6 +447,15 @@ def test_row_ref_names_data_row_and_file_line():
     assert row_ref(0) == "data row 1 (file line 2)"
     assert row_ref(9) == "data row 10 (file line 11)"
     assert row_ref(4, file_line=9) == "data row 5 (file line 9)"
+
+
+def test_rows_ref_names_several_rows_the_same_way():
+    """Every message names rows one way (tasks said "file lines", others "data rows" for the same rows)."""
+    from textune.data.io import rows_ref
+
+    assert rows_ref([2]) == "data row 3 (file line 4)"
+    assert rows_ref([2, 6]) == "data rows 3, 7 (file lines 4, 8)"
+    assert rows_ref(range(7)) == "data rows 1, 2, 3, 4, 5 ... (file lines 2, 3, 4, 5, 6 ...)"
 
 
 def test_ragged_csv_row_names_data_row_and_file_line(small, tmp_path, capsys):

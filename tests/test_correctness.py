@@ -15,21 +15,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from _cli import fails
 from conftest import make_news, write_recipe
 
 from textune import Predictor, load_recipe, train
 from textune.cli import main
-
-
-def fails(capsys, *argv) -> str:
-    """Runs the CLI and asserts the bad-input contract (exit 2, one ``error:`` line, no traceback)."""
-    code = main([str(a) for a in argv])
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:

@@ -13,23 +13,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from _cli import fails
 from conftest import make_news, write_recipe
 
 from textune.cli import main
 from textune.errors import TextuneError
 from textune.safe_paths import check_output_dir, check_output_file, enclosing_run_dir
-
-
-def fails(capsys, *argv) -> str:
-    """Runs the CLI, asserts the bad-input contract and returns the error line."""
-    code = main([str(a) for a in argv])
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error: "), err
-    return lines[0]
 
 
 def snapshot(*roots: Path) -> dict[str, str]:

@@ -29,6 +29,7 @@ from textune.encoder import (  # noqa: F401 (re-exported: the public embedding A
     resolve_prefix,
 )
 from textune.errors import TextuneError
+from textune.prepare import check_unique_ids
 
 FORMATS = (".parquet", ".npy")
 
@@ -37,13 +38,7 @@ def _ids(df: pd.DataFrame, id_col: str | None, source: str | Path) -> pd.Series 
     if id_col is None:
         return None
     ids = df[id_col].reset_index(drop=True)
-    dup = ids.duplicated()
-    if dup.any():
-        first = ids[dup].iloc[0]
-        raise TextuneError(
-            f"{source}: column '{id_col}' has {int(dup.sum())} duplicate id(s) (first: {first!r} at file line "
-            f"{int(np.flatnonzero(dup.to_numpy())[0]) + 2}); ids must be unique to key embeddings"
-        )
+    check_unique_ids(ids, source, id_col)
     return ids
 
 

@@ -53,10 +53,7 @@ class Encoder:
         return sum(p.numel() for p in self.model.parameters())
 
 
-def is_run_dir(path: str | Path) -> bool:
-    """True for a textune run directory (a saved recipe beside a ``model/`` folder)."""
-    p = Path(path)
-    return (p / layout.RECIPE).is_file() and (p / layout.MODEL).is_dir()
+is_run_dir = layout.has_model  # a run whose fine-tuned encoder can be loaded
 
 
 def resolve_prefix(prefix: str | None) -> str:

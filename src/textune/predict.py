@@ -205,8 +205,11 @@ class Predictor:
     def submission(self, df: pd.DataFrame, proba: bool = False, source: str = "input") -> pd.DataFrame:
         """Id column, the predicted label(s), and with ``proba`` (or for tasks scored on probabilities) one
         probability column per class; rows in input order."""
+        id_col = self.recipe.data.id
+        if id_col:  # a submission keyed by row numbers under the id header would look right and be wrong
+            require_columns(df, [id_col], source, "the run's data.id (submissions are keyed by it)")
         logits = self.logits(df, source)
-        return prediction_frame(self.task, df, logits, self.recipe.data.id, proba=proba, with_targets=False)
+        return prediction_frame(self.task, df, logits, id_col, proba=proba, with_targets=False)
 
 
 def prediction_frame(

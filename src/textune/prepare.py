@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from textune.data.io import read_table, require_columns, sample_rows, sha256_file
+from textune.data.io import read_table, require_columns, row_ref, sample_rows, sha256_file
 from textune.data.split import split_indices
 from textune.errors import TextuneError
 from textune.recipe import Recipe
@@ -153,8 +153,8 @@ def _check_ids(df: pd.DataFrame, recipe: Recipe, path: str, unique: bool = True)
     if blank.any():
         first = int(np.flatnonzero(blank.to_numpy())[0])
         raise TextuneError(
-            f"{path}: {int(blank.sum())} empty id(s) in column '{col}' (data.id), first at data row {first + 1} "
-            f"(file line {first + 2}); fill them or set data.id to a column with an id in every row"
+            f"{path}: {int(blank.sum())} empty id(s) in column '{col}' (data.id), first at {row_ref(first)}; fill "
+            f"them or set data.id to a column with an id in every row"
         )
     check_unique_ids(ids, path, col)
 
@@ -165,8 +165,8 @@ def check_unique_ids(ids: pd.Series, path: str | Path, col: str) -> None:
     if dup.any():
         first = int(np.flatnonzero(dup.to_numpy())[0])
         raise TextuneError(
-            f"{path}: column '{col}' has {int(dup.sum())} duplicate id(s) (first: {ids.iloc[first]!r} at data row "
-            f"{first + 1}, file line {first + 2}); ids must be unique"
+            f"{path}: column '{col}' has {int(dup.sum())} duplicate id(s) (first: {ids.iloc[first]!r} at "
+            f"{row_ref(first)}); ids must be unique"
         )
 
 

@@ -44,7 +44,7 @@ def test_targets_from_delimited_strings_and_from_columns():
     task.fit(df, "f.csv")
     assert task.labels == ["money", "sport", "tech"]
     np.testing.assert_array_equal(task.targets(df, "f.csv", "train"), [[1, 1, 0], [0, 0, 0], [0, 0, 1], [0, 0, 0]])
-    with pytest.raises(TextuneError, match="data row 1: label 'music'"):
+    with pytest.raises(TextuneError, match=r"data row 1 \(file line 2\): label 'music'"):
         task.targets(pd.DataFrame({"tags": ["music"]}), "v.csv", "validation")
 
     cols = _task(label_columns=["x", "y"])
@@ -52,7 +52,7 @@ def test_targets_from_delimited_strings_and_from_columns():
     cols.fit(frame, "f.csv")
     assert cols.labels == ["x", "y"]
     np.testing.assert_array_equal(cols.targets(frame, "f.csv", "train"), [[1, 0], [0, 1]])
-    with pytest.raises(TextuneError, match="data rows 2"):
+    with pytest.raises(TextuneError, match=r"data row 2 \(file line 3\)"):
         cols.targets(pd.DataFrame({"x": ["1", "2"], "y": ["0", "0"]}), "f.csv", "train")
 
 

@@ -64,7 +64,7 @@ def test_cells_parse_plain_text_and_json_lists():
 @pytest.mark.parametrize(("cell", "why"), [('["unterminated', "not a valid JSON"), ("[1, 2]", "not a list of str")])
 def test_malformed_json_cell_names_row_and_column(cell, why):
     col = pd.Series(['["fine"]', '["also fine"]', cell])
-    with pytest.raises(TextuneError, match=rf"data\.csv: data row 3, column 'response_b': .*{why}"):
+    with pytest.raises(TextuneError, match=rf"data\.csv: data row 3 \(file line 4\), column 'response_b': .*{why}"):
         parse_cells(col, "response_b", "data.csv")
 
 
@@ -79,7 +79,7 @@ def test_malformed_cell_in_a_training_file_is_a_clean_cli_error(tmp_path, tiny_m
     )
     assert main(["train", str(recipe), "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
-    assert "data row 8, column 'response_a'" in err and "Traceback" not in err
+    assert "data row 8 (file line 9), column 'response_a'" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
 
 
@@ -90,7 +90,7 @@ def test_targets_from_one_hot_columns_or_one_label_column():
     labelled = pd.DataFrame({"label": ["A", "tie", "model_b"]})
     assert _task().targets(labelled, "f", "train").tolist() == [0, 2, 1]
     df.loc[2, "winner_model_a"] = 1  # two winners
-    with pytest.raises(TextuneError, match="data rows 3"):
+    with pytest.raises(TextuneError, match=r"data row 3 \(file line 4\)"):
         task.targets(df, "f", "train")
 
 

@@ -78,6 +78,18 @@ def row_ref(index: int, *, file_line: int | None = None) -> str:
     return f"data row {index + 1} (file line {index + 2 if file_line is None else file_line})"
 
 
+def rows_ref(indices, limit: int = 5) -> str:
+    """Several rows named the way :func:`row_ref` names one: ``"data rows 3, 7 (file lines 4, 8)"``, the first
+    ``limit`` of them, then ``...``."""
+    shown = [int(i) for i in list(indices)[:limit]]
+    more = " ..." if len(list(indices)) > limit else ""
+    if len(shown) == 1 and not more:
+        return row_ref(shown[0])
+    data = ", ".join(str(i + 1) for i in shown)
+    lines = ", ".join(str(i + 2) for i in shown)
+    return f"data rows {data}{more} (file lines {lines}{more})"
+
+
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -7,7 +7,9 @@ so a run's saved predictions and a later ``textune predict`` on the same rows ru
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import nullcontext
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,6 +30,37 @@ def pad_id_of(tokenizer) -> int:
 
 
 @torch.inference_mode()
+def _infer(
+    model: torch.nn.Module,
+    encoded: Encoded,
+    batch_size: int,
+    device: torch.device,
+    pad_id: int,
+    precision: str,
+    extras: dict[str, np.ndarray] | None,
+    rows: np.ndarray | None,
+    read: Callable[[Any, dict[str, torch.Tensor]], torch.Tensor],
+    progress=None,
+) -> np.ndarray:
+    """``read(model output, batch)`` for every row of ``encoded`` (or only ``rows``; the others stay 0), in input
+    order. Batches run longest first; each result is scattered back to its own row."""
+    model.eval()
+    out: np.ndarray | None = None
+    rows = np.arange(len(encoded)) if rows is None else np.asarray(rows)
+    for sub in inference_batches(encoded.lengths[rows], batch_size):
+        idx = rows[sub]
+        batch = to_device(collate(encoded, idx, pad_id, extras), device)
+        with autocast_for(device, precision):
+            result = read(model(**batch), batch)
+        result = result.float().cpu().numpy()
+        if out is None:
+            out = np.zeros((len(encoded), result.shape[1]), dtype=np.float32)
+        out[idx] = result  # scatter back: row i of the output is input row i
+        if progress is not None:
+            progress.update(len(idx))
+    return out if out is not None else np.zeros((0, 0), dtype=np.float32)
+
+
 def infer_logits(
     model: torch.nn.Module,
     encoded: Encoded,
@@ -38,28 +71,21 @@ def infer_logits(
     extras: dict[str, np.ndarray] | None = None,
     rows: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Model outputs for every row of ``encoded`` (or only ``rows``; the others stay 0), in input order.
-
-    Batches run longest first; each output is scattered back to its own row.
-    """
-    model.eval()
-    out: np.ndarray | None = None
-    rows = np.arange(len(encoded)) if rows is None else np.asarray(rows)
-    for sub in inference_batches(encoded.lengths[rows], batch_size):
-        idx = rows[sub]
-        batch = to_device(collate(encoded, idx, pad_id, extras), device)
-        with autocast_for(device, precision):
-            logits = model(**batch).logits
-        logits = logits.float().cpu().numpy()
-        if out is None:
-            out = np.zeros((len(encoded), logits.shape[1]), dtype=np.float32)
-        out[idx] = logits  # scatter back: row i of the output is input row i
-    if out is None:
-        return np.zeros((0, 0), dtype=np.float32)
-    return out
+    """The model's outputs (logits) for every row of ``encoded`` (or only ``rows``), in input order."""
+    return _infer(model, encoded, batch_size, device, pad_id, precision, extras, rows, lambda out, _: out.logits)
 
 
-@torch.inference_mode()
+def _pool(pooling: str) -> Callable[[Any, dict[str, torch.Tensor]], torch.Tensor]:
+    def read(out, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        hidden = out.last_hidden_state.float()  # pool in fp32 whatever the autocast: sums over 512 tokens lose bits
+        if pooling == "cls":
+            return hidden[:, 0]
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+    return read
+
+
 def infer_hidden(
     model: torch.nn.Module,
     encoded: Encoded,
@@ -71,21 +97,4 @@ def infer_hidden(
     progress=None,
 ) -> np.ndarray:
     """Pooled last hidden states of a bare encoder (``mean`` over real tokens, or the first token), input order."""
-    model.eval()
-    out: np.ndarray | None = None
-    for idx in inference_batches(encoded.lengths, batch_size):
-        batch = to_device(collate(encoded, idx, pad_id), device)
-        with autocast_for(device, precision):
-            hidden = model(**batch).last_hidden_state
-        hidden = hidden.float()  # pool in fp32 whatever the autocast: sums over 512 tokens lose bits in bf16
-        if pooling == "cls":
-            vec = hidden[:, 0]
-        else:
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            vec = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
-        if out is None:
-            out = np.zeros((len(encoded), vec.shape[1]), dtype=np.float32)
-        out[idx] = vec.cpu().numpy()  # scatter back: batches ran longest first
-        if progress is not None:
-            progress.update(len(idx))
-    return out if out is not None else np.zeros((0, 0), dtype=np.float32)
+    return _infer(model, encoded, batch_size, device, pad_id, precision, None, None, _pool(pooling), progress)

@@ -126,10 +126,10 @@ def prediction_path(run_dir: Path, split: str) -> Path:
     return Path(run_dir) / PREDICTIONS / f"{split}.csv"
 
 
-def is_run_dir(path: str | Path) -> bool:
-    """A textune run or baseline directory: a saved recipe beside a model or a summary."""
+def has_model(path: str | Path) -> bool:
+    """A run directory whose model a frozen encoder can load: a saved recipe beside ``model/``."""
     p = Path(path)
-    return (p / RECIPE).is_file() and ((p / MODEL).is_dir() or (p / SUMMARY).is_file() or (p / MANIFEST).is_file())
+    return (p / RECIPE).is_file() and (p / MODEL).is_dir()
 
 
 def is_export_dir(path: str | Path) -> bool:

@@ -45,10 +45,6 @@ class Task(ABC):
                 self.direction(metric, key)
 
     # -- metrics ---------------------------------------------------------------------------------------------
-    @property
-    def greater_is_better(self) -> bool:
-        return self.direction(self.main_metric) == "max"
-
     @classmethod
     def metric_names(cls) -> list[str]:
         return [*cls.metric_directions, "loss"]

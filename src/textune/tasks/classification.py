@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, confusion_matrix, log_loss, precision_recall_fscore_support
 
 from textune._math import softmax
+from textune.data.io import rows_ref
 from textune.errors import TextuneError
 from textune.tasks.base import Task
 
@@ -69,11 +70,9 @@ class ClassificationTask(Task):
         # "nan" is what str() of a float NaN gives (numpy/Excel exports): a missing label, not a class
         missing = labels.isna() | labels.astype(str).str.strip().str.lower().isin(["", "nan"])
         if missing.any():
-            rows = (np.flatnonzero(missing.to_numpy()) + 2).tolist()  # +2: 1-based and the header line
-            shown = ", ".join(map(str, rows[:5])) + (" ..." if len(rows) > 5 else "")
             raise TextuneError(
                 f"{path}: {int(missing.sum())} empty label(s) in column '{self.recipe.data.label}' of {split} "
-                f"(file lines {shown}); fill them or drop those rows"
+                f"({rows_ref(np.flatnonzero(missing.to_numpy()))}); fill them or drop those rows"
             )
 
     def fit(self, train: pd.DataFrame, path: str | Path) -> None:

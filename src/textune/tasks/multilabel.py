@@ -18,6 +18,7 @@ from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_su
 
 from textune import _atomic
 from textune._math import logit, sigmoid
+from textune.data.io import row_ref, rows_ref
 from textune.errors import TextuneError
 from textune.tasks.base import Task
 from textune.tasks.classification import check_known_labels, label_model_kwargs
@@ -82,9 +83,8 @@ class MultilabelTask(Task):
             values = df[d.label_columns].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
             bad = ~np.isin(values, (0, 1)).all(axis=1)
             if bad.any():
-                rows = (np.flatnonzero(bad) + 1).tolist()
                 raise TextuneError(
-                    f"{path}: {int(bad.sum())} {split} row(s) (data rows {', '.join(map(str, rows[:5]))}) hold a "
+                    f"{path}: {int(bad.sum())} {split} row(s) ({rows_ref(np.flatnonzero(bad))}) hold a "
                     f"value other than 0 or 1 in {', '.join(d.label_columns)}; fix those cells"
                 )
             return values.astype(np.float32)
@@ -94,7 +94,7 @@ class MultilabelTask(Task):
             for lab in labels:
                 if lab not in index:
                     raise TextuneError(
-                        f"{path}: {split} data row {r + 1}: label {lab!r} in column '{d.label}' never occurs in "
+                        f"{path}: {split} {row_ref(r)}: label {lab!r} in column '{d.label}' never occurs in "
                         f"train; fix it or list it in data.labels"
                     )
                 out[r, index[lab]] = 1

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, confusion_matrix, log_loss, precision_recall_fscore_support
 
 from textune._math import softmax
+from textune.data.io import row_ref, rows_ref
 from textune.errors import TextuneError
 from textune.tasks.base import Task
 
@@ -57,7 +58,7 @@ def parse_cells(values: pd.Series, column: str, path: str | Path) -> list[str]:
         if not cell.strip():
             out.append("")
             continue
-        where = f"{path}: data row {i + 1}, column '{column}'"
+        where = f"{path}: {row_ref(i)}, column '{column}'"
         try:
             items = json.loads(cell)
         except json.JSONDecodeError as exc:
@@ -147,9 +148,8 @@ class PreferenceTask(Task):
             values = df[cols].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
             bad = np.isnan(values).any(axis=1) | ~np.isin(values, (0, 1)).all(axis=1) | (values.sum(axis=1) != 1)
             if bad.any():
-                rows = (np.flatnonzero(bad) + 1).tolist()
                 raise TextuneError(
-                    f"{path}: {int(bad.sum())} {split} row(s) (data rows {', '.join(map(str, rows[:5]))}) do not hold "
+                    f"{path}: {int(bad.sum())} {split} row(s) ({rows_ref(np.flatnonzero(bad))}) do not hold "
                     f"exactly one 1 and two 0s in {', '.join(cols)}; fix those rows"
                 )
             return values.argmax(axis=1).astype(np.int64)

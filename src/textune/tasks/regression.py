@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
+from textune.data.io import rows_ref
 from textune.errors import TextuneError
 from textune.tasks.base import Task
 
@@ -87,13 +88,11 @@ class RegressionTask(Task):
         if low is not None:
             bad |= values <= low
         if bad.any():
-            rows = (np.flatnonzero(bad) + 2).tolist()
-            shown = ", ".join(map(str, rows[:5])) + (" ..." if len(rows) > 5 else "")
             example = raw.iloc[int(np.flatnonzero(bad)[0])]
             need = f" (the {self.cfg.transform} transform needs values > {low:g})" if low is not None else ""
             raise TextuneError(
                 f"{path}: {int(bad.sum())} missing, non-numeric, infinite or out-of-range (beyond ±3.4e38, the "
-                f"float32 limit) target(s) in column '{self.column}' of {split} (file lines {shown}; e.g. "
+                f"float32 limit) target(s) in column '{self.column}' of {split} ({rows_ref(np.flatnonzero(bad))}; e.g. "
                 f"{example!r}){need}; fix or drop those rows"
             )
         return values.astype(np.float32)
