@@ -87,6 +87,12 @@ def recover_dir(dst: Path) -> None:
 def write_csv(path: str | Path, df) -> Path:
     """A DataFrame as CSV, atomically. Cells holding a carriage return are quoted too: the csv module quotes only
     the characters of its line terminator ("\\n"), and a bare "\\r" would split the row when read back."""
+    return write_with(path, lambda p: df.to_csv(p, index=False, quoting=csv_quoting(df)))
+
+
+def csv_quoting(df) -> int:
+    """QUOTE_NONNUMERIC when a text cell holds a carriage return (a bare one would split the row when read back),
+    else QUOTE_MINIMAL."""
     import csv
 
     has_cr = any(
@@ -94,5 +100,4 @@ def write_csv(path: str | Path, df) -> Path:
         for c in df.columns
         if df[c].dtype == object or str(df[c].dtype).startswith("str")
     )
-    quoting = csv.QUOTE_NONNUMERIC if has_cr else csv.QUOTE_MINIMAL
-    return write_with(path, lambda p: df.to_csv(p, index=False, quoting=quoting))
+    return csv.QUOTE_NONNUMERIC if has_cr else csv.QUOTE_MINIMAL

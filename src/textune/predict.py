@@ -211,6 +211,58 @@ class Predictor:
         logits = self.logits(df, source)
         return prediction_frame(self.task, df, logits, id_col, proba=proba, with_targets=False)
 
+    def predict_file(
+        self, input: str | Path, output: str | Path, *, proba: bool = False, chunk_rows: int = 20_000, progress=None
+    ) -> int:
+        """Streams a file: rows are read, tokenized and predicted ``chunk_rows`` at a time (memory bounded by the
+        chunk), appended to a temporary file, and the submission appears at ``output`` atomically at the end.
+
+        Args:
+            input: CSV/TSV/JSONL/Parquet with the run's input columns (and ``data.id`` when the run has one).
+            output: the submission CSV (the same table as :meth:`submission`).
+            proba: add one probability column per class.
+            chunk_rows: rows per chunk.
+            progress: a tqdm-like bar updated with the rows done (or None).
+
+        Returns:
+            The number of rows predicted.
+
+        Raises:
+            TextuneError: a missing column, a repeated or missing id (anywhere in the file), an unreadable file;
+                nothing is written then.
+        """
+        from textune import _atomic
+        from textune.data.io import iter_table, rows_ref
+
+        id_col = self.recipe.data.id
+        seen: set = set()
+        n = 0
+
+        def write(tmp: Path) -> None:
+            nonlocal n
+            with open(tmp, "w", encoding="utf-8", newline="") as f:
+                for chunk in iter_table(input, chunk_rows):
+                    for col, key in self.task.input_columns().items():
+                        require_columns(chunk, [col], input, f"the run's {key}")
+                    if id_col:
+                        require_columns(chunk, [id_col], input, "the run's data.id (submissions are keyed by it)")
+                        ids = chunk[id_col]
+                        repeated = ids.duplicated() | ids.isin(seen)
+                        if repeated.any():
+                            raise TextuneError(
+                                f"{input}: column '{id_col}' repeats an id ({ids[repeated].iloc[0]!r} at "
+                                f"{rows_ref(np.flatnonzero(repeated.to_numpy()) + n)}); ids must be unique"
+                            )
+                        seen.update(ids.tolist())
+                    frame = self.submission(chunk.reset_index(drop=True), proba=proba, source=str(input))
+                    frame.to_csv(f, header=n == 0, index=False, quoting=_atomic.csv_quoting(frame))
+                    n += len(frame)
+                    if progress is not None:
+                        progress.update(len(frame))
+
+        _atomic.write_with(Path(output), write)
+        return n
+
 
 def prediction_frame(
     task: Task,

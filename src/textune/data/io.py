@@ -294,6 +294,99 @@ def _raise_for_ragged_row(path: Path, text: str, fmt: str, message: str) -> None
         pass  # the csv module disagrees with pandas' reading: fall back to pandas' own message
 
 
+def iter_table(path: str | Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    """The rows of a data file in chunks of at most ``chunk_rows``, in file order, read as :func:`read_table` reads
+    them: memory stays bounded by the chunk for Parquet and UTF-8 CSV/TSV; other files (JSONL, legacy encodings,
+    pickles) are read whole and then cut. Each chunk's index continues the previous one's (the data row number).
+
+    Raises:
+        TextuneError: as :func:`read_table`, naming the file.
+    """
+    path = Path(path)
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt == "parquet" and path.is_file():
+        yield from _iter_parquet(path, chunk_rows)
+        return
+    if fmt in ("csv", "tsv") and path.is_file() and _utf8_head(path):
+        yield from _iter_csv(path, fmt, chunk_rows)
+        return
+    df = read_table(path)
+    for start in range(0, len(df), chunk_rows):
+        yield df.iloc[start : start + chunk_rows]
+
+
+def _utf8_head(path: Path, size: int = 1 << 16) -> bool:
+    """Whether the file starts as UTF-8 text (no BOM of UTF-16/32, no NUL): the files a chunked reader can take."""
+    with open(path, "rb") as f:
+        head = f.read(size)
+    if not head or b"\x00" in head or any(head.startswith(bom) for bom, _ in _BOMS):
+        return False
+    try:
+        head.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        return exc.start >= len(head) - 4  # a character cut at the end of the sample is fine
+    return True
+
+
+def _iter_csv(path: Path, fmt: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    header = _file_header(path, fmt)
+    rows = 0
+    try:
+        reader = pd.read_csv(
+            path,
+            sep="\t" if fmt == "tsv" else ",",
+            dtype=str,
+            keep_default_na=False,
+            na_values=[""],
+            quoting=csv.QUOTE_MINIMAL,
+            engine="c",
+            encoding="utf-8-sig",
+            chunksize=chunk_rows,
+        )
+        with reader:
+            for chunk in reader:
+                chunk.columns = header
+                rows += len(chunk)
+                yield chunk
+    except (pd.errors.ParserError, ValueError, UnicodeDecodeError, csv.Error) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TextuneError(f"{path}: cannot be parsed as {fmt} ({first}); {_PARSE_ADVICE.get(fmt)}") from None
+    if rows == 0:
+        raise TextuneError(f"{path}: has a header but no data rows")
+
+
+def _file_header(path: Path, fmt: str) -> list[str]:
+    """The header of a CSV/TSV file, checked as :func:`read_table` checks it: present and each name once."""
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        head = f.readline()  # a header never holds a quoted line break in practice; the check reads the first line
+    names = [h.strip() for h in _csv_header(head, fmt)]
+    if not names:
+        raise TextuneError(f"{path}: no columns found; the first row must be a header")
+    seen: set[str] = set()
+    for name in names:
+        if name and name in seen:
+            raise TextuneError(f"{path}: column name '{name}' appears twice in the header; rename one of them")
+        seen.add(name)
+    return names
+
+
+def _iter_parquet(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+        start = 0
+        for batch in parquet.iter_batches(batch_size=chunk_rows):
+            chunk = batch.to_pandas()
+            chunk.index = range(start, start + len(chunk))
+            start += len(chunk)
+            yield chunk
+    except Exception as exc:  # pyarrow raises its own types for corrupt files
+        raise TextuneError(
+            f"{path}: cannot be read as parquet ({type(exc).__name__}); {_PARSE_ADVICE['parquet']}"
+        ) from None
+
+
 def _read_jsonl(path: Path, text: str) -> pd.DataFrame:
     """One JSON object per line; a line that is valid JSON but not an object is named, not guessed at."""
     import json

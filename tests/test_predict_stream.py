@@ -1,0 +1,55 @@
+"""Prediction at scale: a file streamed in chunks gives exactly the table of the whole file predicted at once."""
+
+from __future__ import annotations
+
+import csv
+
+import pandas as pd
+import pytest
+
+from textune import Predictor, load_recipe, train
+from textune.errors import TextuneError
+
+
+@pytest.fixture(scope="module")
+def predictor(tmp_path_factory, tiny_model):
+    from conftest import make_news, write_recipe
+
+    base = tmp_path_factory.mktemp("stream")
+    make_news(120, 0).to_csv(base / "train.csv", index=False)
+    recipe = write_recipe(base / "recipe.yaml", tiny_model, base / "train.csv", train={"max_steps": 3})
+    return Predictor.load(train(load_recipe(recipe), out=base / "run"))
+
+
+@pytest.fixture
+def rows(tmp_path):
+    from conftest import make_news
+
+    df = make_news(53, 7)
+    df.loc[5, "description"] = "line one\rline two"  # a carriage return inside a cell must survive the chunks
+    return df
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".jsonl"])
+@pytest.mark.parametrize("proba", [False, True])
+def test_streamed_file_equals_the_whole_file_predicted_at_once(predictor, rows, tmp_path, suffix, proba):
+    path = tmp_path / f"in{suffix}"
+    {
+        ".csv": lambda: rows.to_csv(path, index=False, quoting=csv.QUOTE_NONNUMERIC),
+        ".parquet": lambda: rows.to_parquet(path, index=False),
+    }.get(suffix, lambda: rows.to_json(path, orient="records", lines=True))()
+    out = tmp_path / "out.csv"
+    assert predictor.predict_file(path, out, proba=proba, chunk_rows=7) == len(rows)  # 8 chunks, the last of 4
+    whole = predictor.submission(predictor.read_input(path), proba=proba)
+    streamed = pd.read_csv(out, keep_default_na=False)
+    assert streamed["id"].tolist() == rows["id"].tolist()
+    pd.testing.assert_frame_equal(streamed, whole.astype(streamed.dtypes.to_dict()), check_exact=False, atol=1e-7)
+
+
+def test_an_id_repeated_in_a_later_chunk_is_refused_and_nothing_is_written(predictor, rows, tmp_path):
+    rows.loc[40, "id"] = rows.loc[3, "id"]  # chunks of 7: rows 3 and 40 are five chunks apart
+    path = tmp_path / "in.csv"
+    rows.to_csv(path, index=False, quoting=csv.QUOTE_NONNUMERIC)
+    with pytest.raises(TextuneError, match=r"repeats an id .* data row 41 \(file line 42\)"):
+        predictor.predict_file(path, tmp_path / "out.csv", chunk_rows=7)
+    assert not (tmp_path / "out.csv").exists()
