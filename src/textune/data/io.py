@@ -168,7 +168,8 @@ def read_table(path: str | Path, *, allow_pickle: bool | None = None) -> pd.Data
         _read_pickle(path, allow)  # refuses, before even looking whether the file exists
     if not path.is_file():
         raise TextuneError(
-            f"{path}: file not found; check the path (paths in a recipe are relative to its folder, on the command line to the working directory)"
+            f"{path}: file not found; check the path (paths in a recipe are relative to its folder, on the "
+            f"command line to the working directory)"
         )
     if path.stat().st_size == 0:
         raise TextuneError(f"{path}: file is empty; it needs a header row and at least one data row")
