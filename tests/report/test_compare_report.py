@@ -41,6 +41,7 @@ def test_report_is_self_contained_with_every_plot(recipe_factory, news, tmp_path
     assert main(["report", str(run)]) == 0
     assert str(run / "report.html") in capsys.readouterr().out
     page = (run / "report.html").read_text(encoding="utf-8")
+    _Page.of(run / "report.html")  # well-formed: every element closed, in order
 
     parser = _Refs()
     parser.feed(page)
@@ -128,7 +129,7 @@ def test_compare_ranks_runs_and_baselines(tmp_path, capsys):
     assert table["samples_per_s"].tolist() == [100.0] * 3
     png = (tmp_path / "board" / "lb.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
-    assert sorted(p.name for p in (tmp_path / "board").iterdir()) == ["lb.csv", "lb.png"]
+    assert sorted(p.name for p in (tmp_path / "board").iterdir()) == ["lb.csv", "lb.html", "lb.png"]
     # the printed table carries the same rows in the same order
     lines = captured.out.splitlines()
     assert [ln.split()[0] for ln in lines[1:4]] == ["lora", "full", "tfidf"]
@@ -150,14 +151,14 @@ def test_compare_without_any_run_is_an_error_and_writes_nothing(tmp_path, capsys
     (tmp_path / "empty").mkdir()
     assert main(["compare", str(tmp_path / "empty"), "--out", str(tmp_path / "lb.csv")]) == 2
     assert "none of the given paths" in capsys.readouterr().err
-    assert not (tmp_path / "lb.csv").exists() and not (tmp_path / "lb.png").exists()
+    assert not any((tmp_path / f"lb{suffix}").exists() for suffix in (".csv", ".png", ".html"))
 
 
-@pytest.mark.parametrize("suffix", ["", ".csv", ".png"])
+@pytest.mark.parametrize("suffix", ["", ".csv", ".png", ".html"])
 def test_compare_out_suffix_is_dropped(tmp_path, suffix):
     run = _fake(tmp_path, "r", validation={"accuracy": 0.5})
     assert main(["compare", str(run), "--out", str(tmp_path / f"board{suffix}")]) == 0
-    assert (tmp_path / "board.csv").is_file() and (tmp_path / "board.png").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["board.csv", "board.html", "board.png"]
 
 
 def test_leaderboard_ranks_each_metric_in_its_tasks_direction(tmp_path):
@@ -183,3 +184,150 @@ def test_leaderboard_ranks_each_metric_in_its_tasks_direction(tmp_path):
     order = table["run"].tolist()
     assert order.index("rmsle-low") < order.index("rmsle-high")
     assert order.index("r2-high") < order.index("r2-low")
+
+
+# ------------------------------------------------------------------------------------------------ the pages
+
+
+VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+
+
+class _Page(_Refs):
+    """_Refs, plus well-formedness (every element closed, in order) and the data-metric hooks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[str] = []
+        self.errors: list[str] = []
+        self.hooks: list[dict[str, str]] = []
+
+    def handle_starttag(self, tag, attrs):
+        super().handle_starttag(tag, attrs)
+        if tag not in VOID:
+            self.stack.append(tag)
+        a = dict(attrs)
+        if "data-metric" in a:
+            self.hooks.append({"key": a["data-metric"], "value": a.get("data-value"), "run": a.get("data-run")})
+
+    def handle_endtag(self, tag):
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"</{tag}> closes <{self.stack[-1] if self.stack else None}>")
+        else:
+            self.stack.pop()
+
+    @classmethod
+    def of(cls, path) -> _Page:
+        page = cls()
+        page.feed(path.read_text(encoding="utf-8"))
+        page.close()
+        assert not page.errors and page.stack == [], (page.errors, page.stack)
+        # offline: nothing to fetch, nothing to run
+        assert all(ref.startswith("data:") for ref in page.refs), page.refs
+        assert not page.tags & {"script", "link", "iframe", "object", "embed"}
+        return page
+
+
+def test_the_page_check_catches_an_unclosed_element(tmp_path):
+    page = tmp_path / "p.html"
+    page.write_text("<html><body><div class='card'><div>x</div></body></html>")  # the card is never closed
+    with pytest.raises(AssertionError):
+        _Page.of(page)
+
+
+def test_compare_page_is_self_contained_ranked_and_hooked(tmp_path):
+    from textune.report.compare import compare
+
+    a = _fake(tmp_path, "a", validation={"accuracy": 0.7}, parameters={"trainable": 5})
+    b = _fake(tmp_path, "b", validation={"accuracy": 0.9}, parameters={"trainable": 7})
+    base = _fake(tmp_path, "tfidf", kind="baseline", validation={"accuracy": 0.8}, parameters={"trainable": 3})
+    reg = _fake(tmp_path, "reg", task="regression", main_metric="rmse", validation={"rmse": 2.5})
+    table, _, files = compare([a, base, reg, b], tmp_path / "out" / "board")
+    assert [f.name for f in files] == ["board.csv", "board.png", "board.html"]
+    page = _Page.of(files[2])
+    values = [h for h in page.hooks if h["key"].startswith("validation.")]
+    # best first per (task, metric); data-run leads from the page's folder to the directory of the number
+    assert [h["run"] for h in values] == ["../runs/b", "../runs/tfidf", "../runs/a", "../runs/reg"]
+    assert [float(h["value"]) for h in values] == [0.9, 0.8, 0.7, 2.5]
+    assert table["run"].tolist() == ["b", "tfidf", "a", "reg"]
+    html = files[2].read_text()
+    assert "badge base'>baseline<" in html and "vs best baseline" in html and "vs leader" in html
+    assert "+0.1000" in html and "-0.1000" in html and "lower is better" in html
+    assert len(page.imgs) == 1 and base64.b64decode(page.imgs[0].split(",", 1)[1]) == files[1].read_bytes()
+
+
+def test_compare_refuses_an_output_inside_a_run_and_writes_nothing(tmp_path):
+    from textune.errors import TextuneError
+    from textune.report.compare import compare
+
+    run = _fake(tmp_path, "r", validation={"accuracy": 0.5})
+    (run / "recipe.yaml").write_text("task: classification\n")  # recipe + summary: a run directory
+    with pytest.raises(TextuneError, match="inside the textune run directory"):
+        compare([run], run / "board")
+    assert sorted(p.name for p in run.iterdir()) == ["recipe.yaml", "summary.json"]
+
+
+def _fake_run(parent, name, acc, sha="aaa", kind=None, task="classification"):
+    """A finished run (or baseline) made of the files the report reads: summary, manifest, predictions."""
+    d = parent / name
+    (d / "predictions").mkdir(parents=True)
+    summary = {"task": task, "main_metric": "accuracy", "validation": {"accuracy": acc, "f1_macro": acc / 2}}
+    summary.update({"kind": kind} if kind else {"parameters": {"total": 10, "trainable": 4}, "train_seconds": 1.5})
+    (d / "summary.json").write_text(json.dumps(summary))
+    (d / "manifest.json").write_text(json.dumps({"seed": 1, "data_sha256": {"train": sha}}))
+    (d / "task.json").write_text(json.dumps({"task": task, "labels": ["neg", "pos"]}))
+    rows = ["id,label,pred_label", "1,neg,neg", "2,neg,pos", "3,pos,pos", "4,pos,pos", "5,pos,neg"]
+    (d / "predictions" / "validation.csv").write_text("\n".join(rows) + "\n")
+    return d
+
+
+def test_report_headline_names_the_best_baseline_of_the_same_data(tmp_path):
+    from textune.report.html import write_report
+
+    run = _fake_run(tmp_path, "mine", 0.8)
+    _fake_run(tmp_path, "mine-baseline-tfidf", 0.7, kind="baseline")
+    _fake_run(tmp_path, "other-baseline-embedding", 0.75, kind="baseline")  # same data, another name: counts
+    _fake_run(tmp_path, "x-baseline-big", 0.95, sha="bbb", kind="baseline")  # other data: ignored
+    _fake_run(tmp_path, "y-baseline-reg", 0.99, kind="baseline", task="regression")  # other task: ignored
+    page = _Page.of(write_report(run))
+    html = (run / "report.html").read_text()
+    base = [h for h in page.hooks if h["run"]]
+    assert base == [{"key": "validation.accuracy", "value": "0.75", "run": "../other-baseline-embedding"}]
+    assert "+0.0500" in html and "better than the baseline" in html and "best of 2 beside this run" in html
+    # per class, from predictions/validation.csv: neg precision 1/2, recall 1/2; pos 2/3, 2/3
+    assert ">0.5000<" in html and ">0.6667<" in html and "macro average" in html
+    # the baseline's own page has no baseline headline
+    write_report(tmp_path / "mine-baseline-tfidf")
+    assert "best baseline" not in (tmp_path / "mine-baseline-tfidf" / "report.html").read_text()
+
+
+def test_report_matches_baselines_by_name_without_hashes(tmp_path):
+    from textune.report.html import write_report
+
+    run = _fake_run(tmp_path, "news-20250101-120000", 0.6, sha="aaa")
+    (run / "manifest.json").write_text(json.dumps({"seed": 1}))  # no data hashes recorded
+    _fake_run(tmp_path, "news-baseline-tfidf", 0.7, sha="zzz", kind="baseline")
+    _fake_run(tmp_path, "newsy-baseline-tfidf", 0.9, sha="zzz", kind="baseline")  # another recipe's
+    page = _Page.of(write_report(run))
+    assert [h["run"] for h in page.hooks if h["run"]] == ["../news-baseline-tfidf"]
+    assert "-0.1000" in (run / "report.html").read_text()
+
+
+def test_report_lists_folds_with_their_numbers(tmp_path):
+    from textune.report.html import write_report
+
+    parent = _fake_run(tmp_path, "cv", 0.8)
+    for k, acc in enumerate((0.7, 0.9)):
+        fold = parent / "folds" / f"fold{k}"
+        fold.mkdir(parents=True)
+        (fold / "summary.json").write_text(json.dumps({"validation": {"accuracy": acc}, "train_rows": 10 + k}))
+    (parent / "folds" / "scratch").mkdir()  # no summary: not listed
+    page = _Page.of(write_report(parent))
+    folds = [(h["run"], h["key"], h["value"]) for h in page.hooks if (h["run"] or "").startswith("folds/")]
+    assert folds == [
+        ("folds/fold0", "validation.accuracy", "0.7"),
+        ("folds/fold0", "train_rows", "10"),
+        ("folds/fold1", "validation.accuracy", "0.9"),
+        ("folds/fold1", "train_rows", "11"),
+    ]
+    html = (parent / "report.html").read_text()
+    assert "<h2>Folds" in html and "scratch" not in html and ">0.8000<" in html  # the mean of the folds
