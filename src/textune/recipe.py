@@ -266,6 +266,9 @@ class TrainConfig(_Section):
         description="Keep checkpoints/last (optimizer state, about twice the model) after a run finishes; false "
         "deletes it once the run is complete; a run stopped early (Ctrl-C, time budget) always keeps it.",
     )
+    report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+        [], description="Experiment trackers fed the metrics, recipe and outputs: tensorboard, mlflow, wandb (offline)."
+    )
 
     @field_validator("batch_size", mode="before")
     @classmethod
@@ -274,6 +277,16 @@ class TrainConfig(_Section):
         if not ok and not (isinstance(v, str) and v.strip().isdigit() and int(v) >= 1):
             raise ValueError("should be a positive integer or 'auto'")
         return v
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _trackers(cls, v: Any) -> Any:
+        # one tracker may be written as a plain string; null means none, as the default
+        if v is None:
+            return []
+        if isinstance(v, str):
+            return [v]
+        return list(dict.fromkeys(v)) if isinstance(v, list) and all(isinstance(x, str) for x in v) else v
 
     @field_validator("class_weights", mode="before")
     @classmethod

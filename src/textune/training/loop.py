@@ -34,6 +34,8 @@ from textune.training.launch import check_launch, rank
 from textune.training.outputs import finish
 from textune.training.setup import Setup, setup
 from textune.training.state import TrainState
+from textune.training.trackers import Trackers, TrackingInfo
+from textune.training.trackers import resolve as resolve_tracking
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +83,7 @@ def train(
     out: str | Path | None = None,
     resume: str | Path | None = None,
     callbacks: list[Callback] | None = None,
+    tracking: TrackingInfo | None = None,
 ) -> Path:
     """Fine-tunes the recipe's model and writes a run directory.
 
@@ -89,6 +92,8 @@ def train(
         out: run directory; default ``output.dir/output.name`` (or recipe name + timestamp).
         resume: an interrupted run directory to continue from its last checkpoint.
         callbacks: hooks called after each evaluation and optimizer step.
+        tracking: how the run is named in the ``train.report_to`` trackers (default: the recipe file's stem as
+            the experiment, the run directory's name as the run).
 
     Returns:
         The run directory.
@@ -102,6 +107,7 @@ def train(
         run_dir, recipe = _resolve_resume(resume, recipe)
     elif recipe is None:
         raise TextuneError("train: give a recipe, or --resume RUN_DIR")
+    tracking = resolve_tracking(recipe, tracking, run_dir if resume is not None else None)
     configure_threads(recipe.train.num_threads)
     setup_cuda_speed()
     seed_everything(recipe.train.seed)
@@ -115,20 +121,28 @@ def train(
 
     # one lock per run: in a multi-process run the main process holds it for all
     with RunLock(run_dir) if rank() == 0 else nullcontext(), _Interrupt() as interrupt:
-        run = setup(recipe, data)
+        run = setup(recipe, data, run_dir)
         state = _start(run_dir, recipe, data, run, resume is not None)
         main_metric = recipe.train.early_stopping.metric or data.task.main_metric
-        _Fit(run_dir, recipe, data, run, state, main_metric, interrupt, callbacks or []).fit()
-        # One process writes the outputs, without collectives: the processes first leave the process group
-        # together (Accelerate's end_training), so none exits while a peer still holds a connection to it.
-        if run.accelerator.num_processes > 1:
-            run.accelerator.wait_for_everyone()
-            run.accelerator.end_training()
-        if not run.accelerator.is_main_process:
-            return run_dir
-        return finish(
-            run_dir, recipe, data, state, run.precision, run.device, main_metric, run.params, run.plan.describe()
-        )
+        trackers = Trackers(run.accelerator, tracking, run_dir)
+        try:
+            trackers.start(recipe, state.step, resuming=resume is not None)
+            _Fit(run_dir, recipe, data, run, state, main_metric, interrupt, callbacks or [], trackers).fit()
+            # One process writes the outputs, without collectives: the processes first leave the process group
+            # together (Accelerate's end_training), so none exits while a peer still holds a connection to it.
+            if run.accelerator.num_processes > 1:
+                run.accelerator.wait_for_everyone()
+                trackers.end_processes()
+            if not run.accelerator.is_main_process:
+                return run_dir
+            finish(
+                run_dir, recipe, data, state, run.precision, run.device, main_metric, run.params, run.plan.describe()
+            )
+            trackers.close()  # after the outputs: the summary and plots go to the trackers too
+        except BaseException as exc:
+            trackers.abort(exc, stopped=isinstance(exc, (KeyboardInterrupt, TrainingInterrupted)))
+            raise
+        return run_dir
 
 
 def _resolve_resume(resume: str | Path, recipe: Recipe | None) -> tuple[Path, Recipe]:
@@ -188,9 +202,10 @@ class _Fit:
         main_metric: str,
         interrupt: _Interrupt,
         callbacks: list[Callback],
+        trackers: Trackers,
     ):
         self.run_dir, self.recipe, self.cfg, self.data, self.run = run_dir, recipe, recipe.train, data, run
-        self.state, self.interrupt, self.callbacks = state, interrupt, callbacks
+        self.state, self.interrupt, self.callbacks, self.trackers = state, interrupt, callbacks, trackers
         self.main_metric = main_metric
         self.mode = self.cfg.early_stopping.mode or data.task.direction(main_metric, "train.early_stopping.metric")
         self.steps_per_epoch = run.plan.steps_per_epoch
@@ -352,6 +367,7 @@ class _Fit:
         }
         if self.is_main:
             layout.append_history(self.run_dir, rec)
+            self.trackers.log(rec)
         self.window_loss, self.window_n, self.t_window = 0.0, 0, time.perf_counter()
         state.log_window = (0.0, 0)
 
@@ -361,7 +377,9 @@ class _Fit:
         state = self.state
         metrics = evaluate(self.run, self.data.task, self.data.splits["validation"], self.cfg.eval_batch_size)
         if self.is_main:
-            layout.append_history(self.run_dir, {"step": state.step, "split": "validation", **metrics})
+            rec = {"step": state.step, "split": "validation", **metrics}
+            layout.append_history(self.run_dir, rec)
+            self.trackers.log(rec)
         for cb in self.callbacks:
             cb.on_evaluate(state.step, metrics)
         value = metrics[self.main_metric]

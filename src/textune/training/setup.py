@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,20 +23,22 @@ from textune.prepare import Prepared
 from textune.recipe import Recipe, TrainConfig
 from textune.training.batch_size import find_micro_batch, plan_micro_batches, rows_and_accum, trial_step
 from textune.training.optim import build_optimizer, build_scheduler
+from textune.training.trackers import accelerator_kwargs
 
 log = logging.getLogger(__name__)
 
 
-def make_accelerator(requested: str) -> Accelerator:
-    """An Accelerator with the resolved precision. Accelerate keeps its state process-wide; it is reset so
-    that several runs in one process (the Python API, a search) may use different precisions."""
+def make_accelerator(requested: str, report_to: list[str] | None = None, run_dir: Path | None = None) -> Accelerator:
+    """An Accelerator with the resolved precision, logging to the ``report_to`` trackers (TensorBoard under
+    ``run_dir``). Accelerate keeps its state process-wide; it is reset so that several runs in one process (the
+    Python API, a search) may use different precisions."""
     from accelerate.state import AcceleratorState, PartialState
 
     # cpu=True lets Accelerate see a torchrun world on a machine without GPUs (gloo); alone it changes nothing
     device = PartialState(cpu=not torch.cuda.is_available()).device
     precision = resolve_precision(requested, device)
     AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(mixed_precision=precision)
+    return Accelerator(mixed_precision=precision, **accelerator_kwargs(report_to or [], run_dir))
 
 
 @dataclass
@@ -106,11 +109,12 @@ class Setup:
         return self.accelerator.mixed_precision
 
 
-def setup(recipe: Recipe, data: Prepared) -> Setup:
+def setup(recipe: Recipe, data: Prepared, run_dir: Path | None = None) -> Setup:
     """Accelerator, model (seeded again, so the head's initialisation does not depend on data loading),
-    optimizer, schedule and the step plan; with ``batch_size: auto`` the micro-batch size is probed here."""
+    optimizer, schedule and the step plan; with ``batch_size: auto`` the micro-batch size is probed here.
+    ``run_dir`` is where the recipe's trackers (``train.report_to``) write their local files."""
     cfg = recipe.train
-    accelerator = make_accelerator(cfg.precision)
+    accelerator = make_accelerator(cfg.precision, cfg.report_to, run_dir)
     seed_everything(cfg.seed)
     task = data.task
     model, peft_report = build_model(recipe, task.model_kwargs(), fusion_spec(recipe, task, data.featurizer))

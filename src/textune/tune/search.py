@@ -26,6 +26,8 @@ from textune.data import tokenize as tokenize_mod
 from textune.errors import TextuneError
 from textune.recipe import Recipe, apply_overrides, dump_recipe, load_recipe, parse_duration, recipe_from_dict
 from textune.training.loop import Callback, TrainingInterrupted, train
+from textune.training.trackers import MLRUNS, TrackingInfo
+from textune.training.trackers import resolve as resolve_tracking
 from textune.tune.space import Grid, check_space, grid_values, suggest, with_params
 from textune.tune.study import STUDY_DB, Heartbeat, ask_trial, open_storage, shown_url
 
@@ -108,6 +110,29 @@ def _trim(run_dir: Path, keep_model: bool) -> None:
         shutil.rmtree(run_dir / name, ignore_errors=True)
 
 
+def _tracking(
+    recipe: Recipe,
+    study: optuna.Study,
+    study_dir: Path,
+    number: int,
+    params: dict[str, Any],
+    run_name: str | None = None,
+) -> dict[str, Any]:
+    """With ``train.report_to``, ``train``'s ``tracking`` argument: each trial is a run (``trial-0003``, its
+    parameters as ``trial.*`` beside the recipe's) of one experiment named after the study, in the store beside the
+    study directory. Without trackers nothing is passed: ``train(recipe, out, callbacks)`` is all a trial needs."""
+    if not recipe.train.report_to:
+        return {}
+    info = TrackingInfo(
+        experiment=study.study_name,
+        run_name=run_name or f"trial-{number:04d}",
+        config={"trial.number": number, **{f"trial.{k}": v for k, v in params.items()}},
+        mlflow_dir=study_dir.parent / MLRUNS,
+        stopped_by=(optuna.TrialPruned,),
+    )
+    return {"tracking": info}
+
+
 def _run_trial(
     study: optuna.Study,
     storage: optuna.storages.RDBStorage,
@@ -126,7 +151,12 @@ def _run_trial(
     try:
         trial_recipe = with_params(base, params, f"trial {trial.number}")
         with Heartbeat(storage, trial._trial_id):
-            train(trial_recipe, out=run_dir, callbacks=[report])
+            train(
+                trial_recipe,
+                out=run_dir,
+                callbacks=[report],
+                **_tracking(trial_recipe, study, study_dir, trial.number, params),
+            )
     except optuna.TrialPruned as exc:
         log.debug("trial %d pruned: %s", trial.number, exc)
         _trim(run_dir, keep_model=False)
@@ -220,6 +250,8 @@ def tune(
         )
 
     study_name = study_name or recipe_path.stem
+    # a tracker that is not installed would fail every trial: the study stops here instead, before any file
+    resolve_tracking(recipe, TrackingInfo(experiment=study_name), None)
     study_dir = Path(out) if out else Path(recipe.output.dir) / f"tune-{study_name}"
     study_dir.mkdir(parents=True, exist_ok=True)
     url = storage or f"sqlite:///{(study_dir / STUDY_DB).resolve()}"
@@ -408,7 +440,7 @@ def _retrain_best(study: optuna.Study, base: dict, recipe: Recipe, study_dir: Pa
             raw["train"]["early_stopping"]["patience"] = None
         log.warning("--retrain-best: training on train + validation; the validation scores of %s are not held out", out)
     final = recipe_from_dict(raw, source=f"best trial {best.number}")
-    return train(final, out=out)
+    return train(final, out=out, **_tracking(final, study, study_dir, best.number, {}, out.name))
 
 
 def load_trials(study_dir: str | Path) -> pd.DataFrame:
