@@ -20,7 +20,15 @@ LAYERS: list[tuple[str, ...]] = [
     ("textune.prepare",),  # the one data path: task, splits, tokens, features
     ("textune.predict", "textune.report"),
     ("textune.training",),
-    ("textune.baseline", "textune.check", "textune.tune", "textune.export", "textune.embed", "textune.params"),
+    (
+        "textune.baseline",
+        "textune.check",
+        "textune.tune",
+        "textune.export",
+        "textune.embed",
+        "textune.params",
+        "textune.serve",
+    ),
     ("textune.cli", "textune"),
 ]
 

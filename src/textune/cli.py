@@ -343,6 +343,60 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    run = Path(args.run)
+    if not run.is_dir():
+        raise TextuneError(f"{run}: run directory not found")
+    if layout.is_baseline_dir(run):
+        raise TextuneError(f"{run}: is a baseline (scores to beat, no saved model); serve a fine-tuned run")
+    if not (layout.has_model(run) or layout.is_export_dir(run)):
+        raise TextuneError(
+            f"{run}: neither a run directory ({layout.RECIPE} beside {layout.MODEL}/) nor an exported one "
+            f"({layout.EXPORT_META}); pass runs/NAME or a 'textune export' directory"
+        )
+    from textune.serve import ServeOptions, bind_socket, serve  # fastapi; torch only once the port is bound
+
+    options = ServeOptions(
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_queue=args.max_queue,
+        max_rows=args.max_rows,
+        max_body_bytes=args.max_body_bytes,
+        precision=args.precision,
+        workers=args.workers,
+    )
+    sock = bind_socket(args.host, args.port)  # a busy port is reported before seconds of model loading
+    if args.host not in ("127.0.0.1", "::1", "localhost"):
+        print(f"warning: --host {args.host}: reachable from other machines, with no authentication", file=sys.stderr)
+    _progress(args, f"loading {args.run} ...")
+    try:
+        return serve(run, sock, options, access_log=args.verbose)
+    finally:
+        sock.close()
+
+
+def _port(text: str) -> int:
+    """An argparse ``type=`` for a TCP port."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number 1-65535, got {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 1-65535, got {value}")
+    return value
+
+
+def _milliseconds(text: str) -> float:
+    """An argparse ``type=`` for a wait of 0 to 10,000 ms (longer would hold every request for seconds)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected milliseconds, got {text!r}") from None
+    if not 0 <= value <= 10_000:
+        raise argparse.ArgumentTypeError(f"expected 0 to 10000 milliseconds, got {text}")
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with the bad-input contract: one ``error:`` line and exit code 2 (not the usage block)."""
 
@@ -515,6 +569,55 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("report", help="(re)write a run's self-contained report.html")
     s.add_argument("run", help="run or baseline directory")
     s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("serve", help="serve a run over HTTP: POST /predict (micro-batched), /health, /info, /docs")
+    s.add_argument("run", help="run directory or 'textune export' directory")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s: this machine only)")
+    s.add_argument("--port", type=_port, default=8000, help="TCP port (default %(default)s)")
+    s.add_argument(
+        "--workers",
+        type=_int_at_least(1),
+        default=1,
+        metavar="N",
+        help="worker processes, each loading its own copy of the model and batching on its own (default 1)",
+    )
+    s.add_argument(
+        "--max-batch",
+        type=_int_at_least(1),
+        default=64,
+        metavar="ROWS",
+        help="most rows in one forward pass gathered from several requests; 1: no micro-batching (default 64)",
+    )
+    s.add_argument(
+        "--max-wait-ms",
+        type=_milliseconds,
+        default=5.0,
+        metavar="MS",
+        help="how long a batch waits for more requests (default 5)",
+    )
+    s.add_argument(
+        "--max-queue",
+        type=_int_at_least(1),
+        default=256,
+        metavar="REQUESTS",
+        help="requests waiting for the model; beyond it requests get 503 (default 256)",
+    )
+    s.add_argument(
+        "--max-rows", type=_int_at_least(1), default=1024, help="most rows in one request; more: 413 (default 1024)"
+    )
+    s.add_argument(
+        "--max-body-bytes",
+        type=_int_at_least(1),
+        default=8 * 1024 * 1024,
+        metavar="BYTES",
+        help="largest request body; larger: 413 (default 8 MiB)",
+    )
+    s.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "fp16"],
+        help="inference precision (default: the run's own, fp32 where this machine lacks native bf16)",
+    )
+    s.set_defaults(func=cmd_serve)
     return p
 
 
