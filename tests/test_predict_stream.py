@@ -50,6 +50,23 @@ def test_an_id_repeated_in_a_later_chunk_is_refused_and_nothing_is_written(predi
     rows.loc[40, "id"] = rows.loc[3, "id"]  # chunks of 7: rows 3 and 40 are five chunks apart
     path = tmp_path / "in.csv"
     rows.to_csv(path, index=False, quoting=csv.QUOTE_NONNUMERIC)
-    with pytest.raises(TextuneError, match=r"repeats an id .* data row 41 \(file line 42\)"):
+    with pytest.raises(TextuneError, match=r"duplicate id\(s\) \(first: 'n00003' at data row 41 \(file line 42\)\)"):
         predictor.predict_file(path, tmp_path / "out.csv", chunk_rows=7)
     assert not (tmp_path / "out.csv").exists()
+
+
+def test_prediction_writes_no_token_cache_and_fingerprints_the_tokenizer_once(predictor, tmp_path, monkeypatch):
+    """A served model encodes every request: no cache file (two fsyncs) per call, and the tokenizer is serialised
+    for its cache key once, not per call (45-95 ms each, more than the forward pass of a few texts)."""
+    import textune.data.tokenize as tok
+
+    monkeypatch.setenv("TEXTUNE_CACHE", str(tmp_path / "cache"))
+    calls = []
+    real = tok._fingerprint
+    monkeypatch.setattr(tok, "_fingerprint", lambda t: calls.append(1) or real(t))
+    tok._FINGERPRINTS.clear()
+    for text in ("stocks rally", "the match ended", "new chip"):
+        predictor.predict([text])
+    assert not (tmp_path / "cache").exists()
+    assert tok.tokenizer_fingerprint(predictor.tokenizer) == real(predictor.tokenizer)
+    assert len(calls) <= 1

@@ -208,14 +208,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     check_output_file(args.output, inputs=[args.input, args.run], what="--output")
     _progress(args, f"loading {args.run} ...")
-    from textune import _atomic
+    from tqdm.auto import tqdm
+
     from textune.predict import Predictor
 
     predictor = Predictor.load(args.run, precision=args.precision)
-    df = predictor.read_input(args.input)
-    sub = predictor.submission(df, proba=args.proba, source=args.input)
-    _atomic.write_csv(Path(args.output), sub)
-    print(f"{len(sub)} predictions written to {args.output}")
+    # streamed in chunks: memory is bounded by --chunk-rows, the output appears atomically at the end
+    with tqdm(desc="predict", unit="row", disable=not sys.stderr.isatty(), dynamic_ncols=True) as bar:
+        n = predictor.predict_file(args.input, args.output, proba=args.proba, chunk_rows=args.chunk_rows, progress=bar)
+    print(f"{n} predictions written to {args.output}")
     return 0
 
 
@@ -322,9 +323,9 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     # the two files compare() writes, named as it names them; every compared path is an input
     out = Path(args.out)
-    if out.suffix.lower() in (".csv", ".png"):
+    if out.suffix.lower() in (".csv", ".png", ".html"):
         out = out.with_suffix("")
-    for suffix in (".csv", ".png"):
+    for suffix in (".csv", ".png", ".html"):
         check_output_file(out.with_name(out.name + suffix), inputs=args.runs, what="--out")
     from textune.report.compare import compare, format_table
 
@@ -332,7 +333,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     print(format_table(table))
-    print(f"leaderboard written to {' and '.join(map(str, files))}")
+    print(f"leaderboard written to {', '.join(map(str, files))}")
     return 0
 
 
@@ -428,14 +429,18 @@ def _allow_pickle_arg(s: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from textune import __version__
+def _recipe_args(s: argparse.ArgumentParser, required: bool = True) -> None:
+    s.add_argument("recipe", nargs=None if required else "?", help="recipe YAML file")
+    s.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe key, e.g. --set train.lr=3e-5 (repeatable)",
+    )
 
-    p = _Parser(prog="textune", description="Fine-tune text encoders on tabular text data.")
-    p.add_argument("--version", action="version", version=f"textune {__version__}")
-    p.add_argument("-v", "--verbose", action="store_true", help="log progress and library messages")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+def _add_init(sub) -> None:
     from textune.recipe import TASKS
 
     s = sub.add_parser("init", help="print an annotated starter recipe")
@@ -448,23 +453,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.set_defaults(func=cmd_init)
 
-    def recipe_args(s: argparse.ArgumentParser, required: bool = True) -> None:
-        s.add_argument("recipe", nargs=None if required else "?", help="recipe YAML file")
-        s.add_argument(
-            "--set",
-            action="append",
-            default=[],
-            metavar="KEY=VALUE",
-            help="override a recipe key, e.g. --set train.lr=3e-5 (repeatable)",
-        )
 
+def _add_check(sub) -> None:
     s = sub.add_parser("check", help="validate a recipe and its data without training")
-    recipe_args(s)
+    _recipe_args(s)
     _allow_pickle_arg(s)
     s.set_defaults(func=cmd_check)
 
+
+def _add_train(sub) -> None:
     s = sub.add_parser("train", help="fine-tune and write a run directory")
-    recipe_args(s, required=False)
+    _recipe_args(s, required=False)
     s.add_argument("--out", help="run directory (default: output.dir/<recipe>-<time>)")
     s.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     s.add_argument(
@@ -477,6 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
     _allow_pickle_arg(s)
     s.set_defaults(func=cmd_train)
 
+
+def _add_evaluate(sub) -> None:
     s = sub.add_parser("evaluate", help="metrics of a trained run on a labelled file")
     s.add_argument("run", help="run directory")
     s.add_argument("--input", required=True, help="labelled CSV/TSV/JSONL/Parquet")
@@ -489,12 +490,21 @@ def build_parser() -> argparse.ArgumentParser:
     _allow_pickle_arg(s)
     s.set_defaults(func=cmd_evaluate)
 
+
+def _add_predict(sub) -> None:
     s = sub.add_parser("predict", help="write predictions for a file, keyed by the id column")
     s.add_argument("run", help="run directory")
     s.add_argument("--input", required=True, help="CSV/TSV/JSONL/Parquet with the run's text columns")
     s.add_argument("--output", required=True, help="submission CSV")
     s.add_argument(
         "--proba", action="store_true", help="one probability column per class, after the predicted label(s)"
+    )
+    s.add_argument(
+        "--chunk-rows",
+        type=_int_at_least(1),
+        default=20_000,
+        metavar="N",
+        help="rows read, encoded and predicted at a time: bounds memory on large files (default 20000)",
     )
     s.add_argument(
         "--precision",
@@ -504,8 +514,10 @@ def build_parser() -> argparse.ArgumentParser:
     _allow_pickle_arg(s)
     s.set_defaults(func=cmd_predict)
 
+
+def _add_tune(sub) -> None:
     s = sub.add_parser("tune", help="hyperparameter search over the recipe's tune.space (Optuna)")
-    recipe_args(s)
+    _recipe_args(s)
     s.add_argument("--trials", type=int, help="trials in the study over all sessions and workers (tune.trials)")
     s.add_argument("--timeout", help="time budget of this session, e.g. 2h, 30m, 900 (tune.timeout)")
     s.add_argument("--storage", help="Optuna storage URL shared by workers, e.g. postgresql://user@host/db")
@@ -514,13 +526,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--retrain-best", action="store_true", help="then train the best recipe (tune.retrain)")
     s.set_defaults(func=cmd_tune)
 
-    s = sub.add_parser("params", help="parameter counts from the model config alone (no data, no weights)")
-    recipe_args(s)
+
+def _add_params(sub) -> None:
+    s = sub.add_parser(
+        "params", help="parameter counts of what train will train (config only; the data when the head needs it)"
+    )
+    _recipe_args(s)
     s.add_argument(
-        "--num-labels", type=_int_at_least(1), help="head size when the recipe lists no data.labels (default 2)"
+        "--num-labels",
+        type=_int_at_least(1),
+        help="labels (levels for ordinal) when the recipe lists none; else read from data.train",
     )
     s.set_defaults(func=cmd_params)
 
+
+def _add_export(sub) -> None:
     s = sub.add_parser("export", help="write a run's model as a standalone Hugging Face directory")
     s.add_argument("run", help="run directory")
     s.add_argument("--out", required=True, help="output directory")
@@ -532,6 +552,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.set_defaults(func=cmd_export)
 
+
+def _add_embed(sub) -> None:
     s = sub.add_parser("embed", help="sentence embeddings of a file's texts (.parquet or .npy), keyed by id")
     s.add_argument("model", metavar="MODEL_OR_RUN", help="bundled:minilm, a model directory, a hub id, or a run")
     s.add_argument("--input", required=True, help="CSV/TSV/JSONL/Parquet")
@@ -552,8 +574,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     s.set_defaults(func=cmd_embed)
 
+
+def _add_baseline(sub) -> None:
     s = sub.add_parser("baseline", help="TF-IDF and frozen-embedding linear baselines on the recipe's own split")
-    recipe_args(s)
+    _recipe_args(s)
     s.add_argument(
         "--kind", action="append", choices=["tfidf", "embedding"], help="which baseline (repeatable; default both)"
     )
@@ -561,15 +585,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--embed-model", help="encoder of the embedding baseline (default: the recipe's model.name)")
     s.set_defaults(func=cmd_baseline)
 
-    s = sub.add_parser("compare", help="leaderboard of runs and baselines (printed, CSV and PNG)")
+
+def _add_compare(sub) -> None:
+    s = sub.add_parser("compare", help="leaderboard of runs and baselines (printed; CSV, PNG and an HTML page)")
     s.add_argument("runs", nargs="+", metavar="RUN", help="run or baseline directories, e.g. runs/*")
     s.add_argument("--out", default="leaderboard", help="output path without suffix (default ./leaderboard)")
     s.set_defaults(func=cmd_compare)
 
+
+def _add_report(sub) -> None:
     s = sub.add_parser("report", help="(re)write a run's self-contained report.html")
     s.add_argument("run", help="run or baseline directory")
     s.set_defaults(func=cmd_report)
 
+
+def _add_serve(sub) -> None:
     s = sub.add_parser("serve", help="serve a run over HTTP: POST /predict (micro-batched), /health, /info, /docs")
     s.add_argument("run", help="run directory or 'textune export' directory")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s: this machine only)")
@@ -618,6 +648,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="inference precision (default: the run's own, fp32 where this machine lacks native bf16)",
     )
     s.set_defaults(func=cmd_serve)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from textune import __version__
+
+    p = _Parser(prog="textune", description="Fine-tune text encoders on tabular text data.")
+    p.add_argument("--version", action="version", version=f"textune {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress and library messages")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    for add in (
+        _add_init,
+        _add_check,
+        _add_train,
+        _add_evaluate,
+        _add_predict,
+        _add_tune,
+        _add_params,
+        _add_export,
+        _add_embed,
+        _add_baseline,
+        _add_compare,
+        _add_report,
+        _add_serve,
+    ):
+        add(sub)
     return p
 
 

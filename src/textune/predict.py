@@ -101,6 +101,10 @@ class Predictor:
             raise TextuneError(
                 f"{run_dir}: is a baseline (scores to beat, no saved model); predict with a fine-tuned run"
             )
+        from textune.ensemble import is_combined_dir, load_combined
+
+        if is_combined_dir(run_dir):  # a cross-validated run or a fitted ensemble: its members, combined
+            return load_combined(run_dir, cls, device=device, precision=precision)
         recipe_raw, state, features, saved_precision, model_dir = _read_meta(run_dir)
         recipe = recipe_from_dict(recipe_raw, str(run_dir / layout.RECIPE))
         task = get_task(recipe.task)(recipe)
@@ -152,7 +156,9 @@ class Predictor:
     def logits(self, data: pd.DataFrame | list[str] | str, source: str = "input") -> np.ndarray:
         """One output row per input row (windows pooled, both preference orders combined), input order."""
         texts = self.texts_of(data, source)
-        encoded = self.task.encode(self.tokenizer, data if isinstance(data, pd.DataFrame) else texts, source)
+        # no disk token cache: a file or a request is predicted once, and a cache write costs two fsyncs
+        inputs = data if isinstance(data, pd.DataFrame) else texts
+        encoded = self.task.encode(self.tokenizer, inputs, source, use_cache=False)
         extras = None
         if self.featurizer is not None:
             frame = data if isinstance(data, pd.DataFrame) else pd.DataFrame(index=range(len(texts)))
@@ -249,9 +255,10 @@ class Predictor:
                         ids = chunk[id_col]
                         repeated = ids.duplicated() | ids.isin(seen)
                         if repeated.any():
+                            first = int(np.flatnonzero(repeated.to_numpy())[0])
                             raise TextuneError(
-                                f"{input}: column '{id_col}' repeats an id ({ids[repeated].iloc[0]!r} at "
-                                f"{rows_ref(np.flatnonzero(repeated.to_numpy()) + n)}); ids must be unique"
+                                f"{input}: column '{id_col}' has {int(repeated.sum())} duplicate id(s) (first: "
+                                f"{ids.iloc[first]!r} at {rows_ref([first + n])}); ids must be unique"
                             )
                         seen.update(ids.tolist())
                     frame = self.submission(chunk.reset_index(drop=True), proba=proba, source=str(input))

@@ -472,6 +472,8 @@ def _precision_name(precision: str) -> str:
     return {"no": "fp32"}.get(precision, precision)
 
 
+# Longer than most functions here: the routes are closures over one batcher and one set of limits, and reading
+# them together shows every status code the server can answer.
 def create_app(predictor, options: ServeOptions | None = None) -> FastAPI:
     """The FastAPI app serving ``predictor``: ``POST /predict``, ``GET /health``, ``GET /info``, docs at ``/docs``.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,28 @@ def cache_dir() -> Path:
     return Path(os.environ.get("TEXTUNE_CACHE") or Path.home() / ".cache" / "textune")
 
 
+# Fingerprints by tokenizer object: serialising a tokenizer to JSON costs 45-95 ms, more than the forward pass of a
+# few texts, and a served model encodes every request. The entry is dropped with its tokenizer; the number of
+# tokens (added tokens included) is checked too, the one change textune's users make to a loaded tokenizer.
+_FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def tokenizer_fingerprint(tokenizer) -> str:
+    try:
+        size, fp = _FINGERPRINTS[tokenizer]
+        if size == len(tokenizer):
+            return fp
+    except (KeyError, TypeError):  # TypeError: an object that takes no weak reference
+        pass
+    fp = _fingerprint(tokenizer)
+    try:
+        _FINGERPRINTS[tokenizer] = (len(tokenizer), fp)
+    except TypeError:
+        pass
+    return fp
+
+
+def _fingerprint(tokenizer) -> str:
     h = hashlib.sha256(type(tokenizer).__name__.encode())
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:

@@ -174,7 +174,14 @@ class Task(ABC):
             return {"side": "chunks", "stride": d.stride, "max_chunks": d.max_chunks}
         return {"side": d.truncation, "head": d.head_tokens, "pair": d.pair_truncation, "shares": d.field_shares}
 
-    def encode(self, tokenizer, inputs: pd.DataFrame | list[str], path: str | Path = "input", train: bool = False):
+    def encode(
+        self,
+        tokenizer,
+        inputs: pd.DataFrame | list[str],
+        path: str | Path = "input",
+        train: bool = False,
+        use_cache: bool = True,
+    ):
         """Token ids of every input row (a DataFrame, or already-rendered texts of a one-text task).
 
         Args:
@@ -182,6 +189,7 @@ class Task(ABC):
             inputs: rows with the input columns, or a list of texts.
             path: file named in error messages.
             train: whether these rows are trained on (a task may add augmented rows).
+            use_cache: read and write the disk token cache (prediction passes False: its inputs are seen once).
         """
         from textune.data.tokenize import encode_fields, tokenize
 
@@ -196,8 +204,8 @@ class Task(ABC):
                 )
             fields = [[str(t) for t in inputs]]
         if policy is None:
-            return tokenize(tokenizer, fields[0], self.recipe.data.max_length)[0]
-        return encode_fields(tokenizer, fields, self.recipe.data.max_length, policy)[0]
+            return tokenize(tokenizer, fields[0], self.recipe.data.max_length, use_cache)[0]
+        return encode_fields(tokenizer, fields, self.recipe.data.max_length, policy, use_cache)[0]
 
     def encode_split(self, tokenizer, split) -> None:
         """Sets ``split.encoded``; for train, targets follow the encoded rows when a task adds rows."""

@@ -176,7 +176,7 @@ class PreferenceTask(Task):
             raise TextuneError("data.truncation: 'chunks' is for one long text; preference uses field shares")
         return {"side": d.truncation, "head": d.head_tokens, "shares": d.field_shares or DEFAULT_SHARES}
 
-    def encode(self, tokenizer, inputs, path: str | Path = "input", train: bool = False):
+    def encode(self, tokenizer, inputs, path: str | Path = "input", train: bool = False, use_cache: bool = True):
         from textune.data.tokenize import concat, encode_fields
 
         if not isinstance(inputs, pd.DataFrame):
@@ -193,10 +193,10 @@ class PreferenceTask(Task):
         prompt, a, b = self.fields(inputs, path)
         d, cfg = self.recipe.data, self.recipe.preference
         policy = self.encoding_policy()
-        straight, _ = encode_fields(tokenizer, [prompt, a, b], d.max_length, policy)
+        straight, _ = encode_fields(tokenizer, [prompt, a, b], d.max_length, policy, use_cache)
         if not (cfg.swap_augment if train else cfg.symmetric_eval):
             return straight
-        swapped, _ = encode_fields(tokenizer, [prompt, b, a], d.max_length, policy)
+        swapped, _ = encode_fields(tokenizer, [prompt, b, a], d.max_length, policy, use_cache)
         return concat([straight, swapped])
 
     def row_targets(self, targets: np.ndarray, encoded) -> np.ndarray:

@@ -194,6 +194,7 @@ def _run_trial(
     return state.COMPLETE
 
 
+# Most of its length is the documented arguments; the steps are one call each (space, sampler, study, session).
 def tune(
     recipe_path: str | Path,
     overrides: list[str] | None = None,
