@@ -18,7 +18,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("textune.encoder", "textune.safe_paths"),
     ("textune.features",),
     ("textune.prepare",),  # the one data path: task, splits, tokens, features
-    ("textune.predict", "textune.report"),
+    # ensemble: the fold ensemble that Predictor.load dispatches to (it does not import predict: no circle)
+    ("textune.predict", "textune.report", "textune.ensemble"),
     ("textune.training",),
     (
         "textune.baseline",
@@ -28,6 +29,7 @@ LAYERS: list[tuple[str, ...]] = [
         "textune.embed",
         "textune.params",
         "textune.serve",
+        "textune.cv",
     ),
     ("textune.cli", "textune"),
 ]

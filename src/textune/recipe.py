@@ -317,6 +317,28 @@ class TrainConfig(_Section):
         return self
 
 
+class CVConfig(_Section):
+    folds: int | None = Field(
+        None,
+        ge=0,
+        description="Cross-validation: K fold runs, each validated on the rows it did not train on (>= 2; "
+        "null or 0: off).",
+    )
+    seed: int | None = Field(None, ge=0, le=_MAX_SEED, description="Seed of the fold assignment; default train.seed.")
+    group: str | None = Field(None, description="Column whose rows never straddle folds (e.g. an author or item id).")
+
+    @field_validator("folds")
+    @classmethod
+    def _at_least_two(cls, v: int | None) -> int | None:
+        if v == 1:
+            raise ValueError("one fold would train on nothing; give 2 or more, or 0/null to turn cross-validation off")
+        return v or None  # 0 means off, as null does
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.folds)
+
+
 class OutputConfig(_Section):
     dir: str = Field("runs", description="Parent directory of runs; if set relative, from the recipe's folder.")
     name: str | None = Field(None, description="Run directory name; default: recipe name + timestamp.")
@@ -453,6 +475,7 @@ class Recipe(_Section):
     ordinal: OrdinalConfig = Field(default_factory=OrdinalConfig, description="Ordinal levels (task: ordinal).")
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig, description="Pairwise preference.")
     multilabel: MultilabelConfig = Field(default_factory=MultilabelConfig, description="Multi-label thresholds.")
+    cv: CVConfig = Field(default_factory=CVConfig, description="Cross-validation (textune train --folds K).")
     # The recipe file's stem, used to name run directories; not part of the saved recipe.
     _stem: str = PrivateAttr("run")
 
