@@ -95,6 +95,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.recipe, args.set) if args.recipe else None
     _check_train_out(args, recipe)
+    if _cross_validated(args, recipe):
+        return _train_cv(args, recipe)
     from textune.training.loop import train  # torch and transformers: only for a valid recipe and --out
 
     if args.processes > 1 and "WORLD_SIZE" not in os.environ:
@@ -105,6 +107,37 @@ def cmd_train(args: argparse.Namespace) -> int:
     summary = json.loads((run_dir / layout.SUMMARY).read_text())
     _print_summary(summary)
     print(f"run directory: {run_dir}")
+    return 0
+
+
+def _cross_validated(args: argparse.Namespace, recipe) -> bool:
+    """``--folds K`` (K >= 2), the recipe's ``cv.folds``, or ``--resume`` of a cross-validation parent;
+    ``--folds 0`` forces a single run."""
+    if args.folds is not None:
+        return args.folds != 0  # 1 is refused with its reason by _train_cv
+    if args.resume is not None:
+        from textune.run import layout
+
+        try:
+            raw = layout.read_recipe_raw(Path(args.resume))
+        except TextuneError:
+            return False  # train() reports a directory that is not a run
+        return bool((raw.get("cv") or {}).get("folds"))
+    return recipe is not None and recipe.cv.enabled
+
+
+def _train_cv(args: argparse.Namespace, recipe) -> int:
+    if args.processes > 1:
+        raise TextuneError("--processes: cross-validation runs its folds one after another in this process; drop it")
+    if args.folds == 1:
+        raise TextuneError("--folds 1: cross-validation needs at least 2 folds (0 trains once)")
+    from textune.cv import train_cv
+
+    parent = train_cv(recipe, out=args.out, folds=args.folds, resume=args.resume)
+    summary = json.loads((parent / layout.SUMMARY).read_text())
+    for metric, stats in (summary.get("cv") or {}).items():
+        print(f"{metric}: {stats['mean']:.4f} +- {stats['std']:.4f} over folds; out-of-fold {stats['oof']:.4f}")
+    print(f"cross-validation directory: {parent}")
     return 0
 
 
@@ -138,12 +171,18 @@ def _launch(args: argparse.Namespace, recipe) -> int:
     return relaunch(args.processes, argv)
 
 
-def _print_summary(summary: dict) -> None:
+def _print_metrics(summary: dict) -> None:
     for split in ("validation", "test"):
         metrics = summary.get(split)
         if metrics:
-            shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, int | float))
             print(f"{split}: {shown}")
+
+
+def _print_summary(summary: dict) -> None:
+    _print_metrics(summary)
+    if "train_seconds" not in summary:  # CV baselines and other parents: no single training
+        return
     print(
         f"train: {summary['train_seconds']:.1f} s, {summary['train_samples_per_s']:.1f} samples/s; "
         f"trainable parameters {summary['parameters']['trainable']:,}"
@@ -312,7 +351,8 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     )
     from textune.baseline import KINDS, run_baselines  # torch: only for a valid recipe and --out
 
-    for run_dir in run_baselines(recipe, args.kind or KINDS, out=args.out, embed_model=args.embed_model):
+    runs = run_baselines(recipe, args.kind or KINDS, out=args.out, embed_model=args.embed_model, folds=args.folds)
+    for run_dir in runs:
         summary = json.loads((run_dir / layout.SUMMARY).read_text())
         print(f"{summary['baseline']} baseline: {summary['description']}")
         _print_summary(summary)
@@ -337,6 +377,23 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    check_output_dir(args.out, inputs=args.runs, what="--out")
+    from textune.ensemble import fit_ensemble
+
+    out = fit_ensemble(args.runs, args.out, method=args.method, rounds=args.rounds, metric=args.metric)
+    summary = json.loads((out / layout.SUMMARY).read_text())
+    for member in summary.get("members", []):
+        score = member.get("cv_score")
+        shown = f"{score:.4f}" if isinstance(score, int | float) else "-"
+        print(f"member {member.get('path')}: weight {member.get('weight', 0):.3f}, CV {shown}")
+    _print_metrics(summary)
+    if summary.get("predictable") is False:
+        print("report only: a baseline member has weight and no saved model, so this ensemble cannot predict")
+    print(f"ensemble directory: {out}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from textune.report.html import write_report
 
@@ -350,7 +407,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise TextuneError(f"{run}: run directory not found")
     if layout.is_baseline_dir(run):
         raise TextuneError(f"{run}: is a baseline (scores to beat, no saved model); serve a fine-tuned run")
-    if not (layout.has_model(run) or layout.is_export_dir(run)):
+    from textune.ensemble import is_combined_dir
+
+    if not (layout.has_model(run) or layout.is_export_dir(run) or is_combined_dir(run)):
         raise TextuneError(
             f"{run}: neither a run directory ({layout.RECIPE} beside {layout.MODEL}/) nor an exported one "
             f"({layout.EXPORT_META}); pass runs/NAME or a 'textune export' directory"
@@ -473,6 +532,13 @@ def _add_train(sub) -> None:
         metavar="N",
         help="data-parallel training in N processes (torchrun; gloo on CPU, NCCL on GPUs)",
     )
+    s.add_argument(
+        "--folds",
+        type=_int_at_least(0),
+        metavar="K",
+        help="K-fold cross-validation under one parent: OOF predictions, CV mean +- std, a fold ensemble "
+        "(default: the recipe's cv.folds; 0: one run)",
+    )
     _allow_pickle_arg(s)
     s.set_defaults(func=cmd_train)
 
@@ -579,7 +645,14 @@ def _add_baseline(sub) -> None:
     s = sub.add_parser("baseline", help="TF-IDF and frozen-embedding linear baselines on the recipe's own split")
     _recipe_args(s)
     s.add_argument(
-        "--kind", action="append", choices=["tfidf", "embedding"], help="which baseline (repeatable; default both)"
+        "--kind",
+        action="append",
+        choices=["tfidf", "embedding", "gbdt"],
+        help="which baseline (repeatable; default tfidf and embedding; gbdt: gradient-boosted trees on features "
+        "and text statistics)",
+    )
+    s.add_argument(
+        "--folds", type=_int_at_least(2), metavar="K", help="K-fold CV with out-of-fold predictions (default: cv.folds)"
     )
     s.add_argument("--out", help="parent directory (default: output.dir); writes <recipe>-baseline-<kind>/")
     s.add_argument("--embed-model", help="encoder of the embedding baseline (default: the recipe's model.name)")
@@ -591,6 +664,16 @@ def _add_compare(sub) -> None:
     s.add_argument("runs", nargs="+", metavar="RUN", help="run or baseline directories, e.g. runs/*")
     s.add_argument("--out", default="leaderboard", help="output path without suffix (default ./leaderboard)")
     s.set_defaults(func=cmd_compare)
+
+
+def _add_ensemble(sub) -> None:
+    s = sub.add_parser("ensemble", help="weighted ensemble of cross-validated runs, fitted on out-of-fold predictions")
+    s.add_argument("runs", nargs="+", metavar="DIR", help="CV runs (train --folds), CV baselines or ensembles")
+    s.add_argument("--out", required=True, help="ensemble directory (predict, evaluate and serve load it like a run)")
+    s.add_argument("--method", choices=["greedy", "stack"], default="greedy", help="ensemble selection or stacking")
+    s.add_argument("--rounds", type=_int_at_least(1), default=25, help="greedy selection rounds (default 25)")
+    s.add_argument("--metric", help="metric to optimise (default: the members' main metric)")
+    s.set_defaults(func=cmd_ensemble)
 
 
 def _add_report(sub) -> None:
@@ -670,6 +753,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_embed,
         _add_baseline,
         _add_compare,
+        _add_ensemble,
         _add_report,
         _add_serve,
     ):
