@@ -39,3 +39,17 @@ def test_one_fold_and_folds_with_processes_are_refused(recipe_factory, tmp_path,
     assert "at least 2 folds" in fails(capsys, "train", recipe, "--folds", "1", "--out", tmp_path / "a")
     assert "--processes" in fails(capsys, "train", recipe, "--folds", "2", "--processes", "2", "--out", tmp_path / "b")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_cv_parent_refuses_changed_data_and_single_run_resume(recipe_factory, news, tmp_path, capsys):
+    """Finished folds trained on the first data: continuing on changed rows would score them on rows they saw."""
+    recipe = recipe_factory(train={"max_steps": 2})
+    parent = tmp_path / "cv"
+    assert main(["train", str(recipe), "--folds", "2", "--out", str(parent)]) == 0
+    before = (parent / "summary.json").read_bytes()
+    assert "cross-validation or ensemble directory" in fails(capsys, "train", "--resume", parent, "--folds", "0")
+    df = pd.read_csv(news["train"])
+    df.loc[0, "title"] = "changed after the folds were cut"
+    df.to_csv(news["train"], index=False)
+    assert "folds were cut from other data" in fails(capsys, "train", recipe, "--folds", "2", "--out", parent)
+    assert (parent / "summary.json").read_bytes() == before

@@ -70,3 +70,11 @@ def test_prediction_writes_no_token_cache_and_fingerprints_the_tokenizer_once(pr
     assert not (tmp_path / "cache").exists()
     assert tok.tokenizer_fingerprint(predictor.tokenizer) == real(predictor.tokenizer)
     assert len(calls) <= 1
+
+
+def test_without_an_id_column_row_numbers_continue_across_chunks(predictor, rows, tmp_path, monkeypatch):
+    monkeypatch.setattr(predictor.recipe.data, "id", None)  # a run without data.id: rows are keyed by number
+    path = tmp_path / "in.csv"
+    rows.drop(columns="id").to_csv(path, index=False, quoting=csv.QUOTE_NONNUMERIC)
+    predictor.predict_file(path, tmp_path / "out.csv", chunk_rows=7)
+    assert pd.read_csv(tmp_path / "out.csv")["id"].tolist() == list(range(len(rows)))

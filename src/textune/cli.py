@@ -407,9 +407,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise TextuneError(f"{run}: run directory not found")
     if layout.is_baseline_dir(run):
         raise TextuneError(f"{run}: is a baseline (scores to beat, no saved model); serve a fine-tuned run")
-    from textune.ensemble import is_combined_dir
-
-    if not (layout.has_model(run) or layout.is_export_dir(run) or is_combined_dir(run)):
+    # a CV parent or an ensemble, told by its summary's kind (textune.ensemble would import torch)
+    combined = (run / layout.SUMMARY).is_file() and layout.read_summary(run).get("kind") in ("cv", "ensemble")
+    if not (layout.has_model(run) or layout.is_export_dir(run) or combined):
         raise TextuneError(
             f"{run}: neither a run directory ({layout.RECIPE} beside {layout.MODEL}/) nor an exported one "
             f"({layout.EXPORT_META}); pass runs/NAME or a 'textune export' directory"

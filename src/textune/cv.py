@@ -40,6 +40,7 @@ from textune.ensemble import (
     OOF_CSV,
     ROW,
     from_space,
+    summary_kind,
     to_space,
     write_combined_manifest,
     write_oof,
@@ -207,7 +208,9 @@ def write_oof_files(run_dir: Path, recipe: Recipe, data: CVData, outputs: np.nda
 
 # -- the run -----------------------------------------------------------------------------------------------------
 def is_cv_dir(path: str | Path) -> bool:
-    """A cross-validation parent (finished or not): its saved recipe has ``cv.folds``."""
+    """A cross-validation parent (finished or not): its saved recipe has ``cv.folds`` and it is no ensemble."""
+    if (Path(path) / ENSEMBLE).is_file() and summary_kind(path) == "ensemble":
+        return False
     try:
         raw = layout.read_recipe_raw(Path(path))
     except TextuneError:
@@ -253,18 +256,44 @@ def train_cv(
     if out is None:
         name = recipe.output.name
         out = Path(recipe.output.dir) / name if name else new_run_dir(recipe.output.dir, None, stem)
-    parent = Path(out)
+    parent = Path(out).resolve()  # fold recipes name their data by absolute paths: resumable from any directory
     fresh = _claim(parent, recipe)
+    _check_same_data(parent, data, fresh)
     if not fresh and (parent / layout.MANIFEST).is_file():
         log.info("%s: cross-validation already complete", parent)
         return parent
     with RunLock(parent):
         if fresh:
             layout.write_recipe(parent, dump_recipe(recipe))
+            _atomic.write_json(parent / FOLD_DATA, _data_fingerprint(data))
         for k in range(recipe.cv.folds):
             _run_fold(parent, recipe, data, k)
         _assemble(parent, recipe, data)
     return parent
+
+
+FOLD_DATA = "folds.json"  # what the folds were cut from: a re-run on changed data must not reuse finished folds
+
+
+def _data_fingerprint(data: CVData) -> dict:
+    import hashlib
+
+    h = hashlib.sha256(np.ascontiguousarray(data.rows).tobytes() + np.ascontiguousarray(data.folds).tobytes())
+    h.update(pd.util.hash_pandas_object(data.df, index=False).to_numpy().tobytes())  # the rows' contents too
+    return {"rows": int(len(data.rows)), "assignment_sha256": h.hexdigest()}
+
+
+def _check_same_data(parent: Path, data: CVData, fresh: bool) -> None:
+    """Finished folds were trained on the data and fold assignment of the first run: a continued run must see the
+    same, or their out-of-fold predictions would come from models that saw those rows."""
+    path = parent / FOLD_DATA
+    if fresh or not path.is_file():
+        return
+    if layout.read_json(path, FOLD_DATA) != _data_fingerprint(data):
+        raise TextuneError(
+            f"{parent}: its folds were cut from other data (a training file or the fold assignment changed since); "
+            f"start a new cross-validation with another --out"
+        )
 
 
 def _claim(parent: Path, recipe: Recipe) -> bool:
@@ -416,6 +445,8 @@ def _summary(
 ) -> dict[str, Any]:
     task = data.task
     main = recipe.train.early_stopping.metric or task.main_metric
+    if main not in task.metric_directions:  # "loss" is the loop's; the pooled OOF metrics do not report it
+        main = task.main_metric
     per_fold = [
         {
             "fold": k,

@@ -534,7 +534,12 @@ def fit_ensemble(
     first = members[0]
     task = fresh_task(first.recipe, first.task.state())
     metric = metric or first.summary.get("main_metric") or task.main_metric
-    task.direction(metric, "--metric")
+    if metric not in task.metric_directions:  # e.g. "loss": the loop's own, which the task's metrics do not report
+        if metric == (first.summary.get("main_metric")):
+            metric = task.main_metric
+        else:
+            task.direction(metric, "--metric")  # unknown: one line with the choices
+            raise TextuneError(f"--metric: '{metric}' is not scored on out-of-fold outputs; choose {task.main_metric}")
     spaces = [to_space(m.task, m.oof.outputs) for m in members]
     targets, folds = first.oof.targets, first.oof.folds
 

@@ -113,6 +113,9 @@ class Predictor:
         except (KeyError, TypeError, ValueError):
             raise TextuneError(f"{run_dir}: the task state is malformed; the run directory is corrupted") from None
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        from textune.device import setup_cuda_speed
+
+        setup_cuda_speed()  # TF32 matmuls as in the training process, whose final predictions this must reproduce
         try:
             tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
             if (model_dir / "adapter_config.json").is_file():
@@ -262,6 +265,8 @@ class Predictor:
                             )
                         seen.update(ids.tolist())
                     frame = self.submission(chunk.reset_index(drop=True), proba=proba, source=str(input))
+                    if not id_col:  # row numbers of the whole file, not of the chunk
+                        frame["id"] += n
                     frame.to_csv(f, header=n == 0, index=False, quoting=_atomic.csv_quoting(frame))
                     n += len(frame)
                     if progress is not None:

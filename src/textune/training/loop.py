@@ -149,6 +149,12 @@ def _resolve_resume(resume: str | Path, recipe: Recipe | None) -> tuple[Path, Re
     run_dir = Path(resume)
     if layout.is_baseline_dir(run_dir):
         raise TextuneError(f"{run_dir}: is a baseline directory, not a training run; it cannot be resumed")
+    if (run_dir / layout.SUMMARY).is_file() and layout.read_summary(run_dir).get("kind") in ("cv", "ensemble"):
+        # a single run written into a CV parent or an ensemble would replace its task state and summary
+        raise TextuneError(
+            f"{run_dir}: is a cross-validation or ensemble directory; continue a CV run with 'textune train --resume "
+            f"{run_dir}' (without --folds 0)"
+        )
     if not (run_dir / layout.RECIPE).is_file():
         raise TextuneError(f"{run_dir}: not a textune run directory (no recipe.yaml); check the --resume path")
     resumed = recipe_from_dict(layout.read_recipe_raw(run_dir), str(run_dir / layout.RECIPE))

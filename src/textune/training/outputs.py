@@ -14,7 +14,7 @@ import torch
 
 from textune import _atomic
 from textune.models.build import finalize_model, load_model_dir
-from textune.predict import Predictor, prediction_frame
+from textune.predict import Predictor, inference_precision, prediction_frame
 from textune.prepare import Prepared, data_hashes
 from textune.recipe import Recipe
 from textune.report.html import write_report
@@ -40,7 +40,10 @@ def finish(
     task = data.task
     finalize_model(run_dir, recipe, task.model_kwargs())
     best = load_model_dir(run_dir / layout.MODEL).to(device).eval()
-    predictor = Predictor(run_dir, recipe, task, best, data.tokenizer, device, data.featurizer, precision)
+    # the precision `textune predict` will use on this machine (bf16 emulated here falls back to fp32 there too)
+    predictor = Predictor(
+        run_dir, recipe, task, best, data.tokenizer, device, data.featurizer, inference_precision(precision, device)
+    )
     t0 = time.perf_counter()
     results, valid_logits = _predict_splits(run_dir, recipe, data, predictor)
     predict_s = time.perf_counter() - t0
