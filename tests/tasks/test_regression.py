@@ -75,7 +75,9 @@ def test_target_beyond_float32_is_a_bad_target(value):
     recipe = recipe_from_dict({"task": "regression", "data": {"target": "price"}})
     task = RegressionTask(recipe)
     df = pd.DataFrame({"price": [1.0, 2.0, value, 4.0]})
-    with pytest.raises(TextuneError, match=r"1 .*target\(s\) in column 'price' of train \(data row 3 \(file line 4\); e\.g\. "):
+    with pytest.raises(
+        TextuneError, match=r"1 .*target\(s\) in column 'price' of train \(data row 3 \(file line 4\); e\.g\. "
+    ):
         task.targets(df, "train.csv", "train")
     # the largest float32 itself is still a number the model can be trained on
     df.loc[2, "price"] = float(np.finfo(np.float32).max)
