@@ -150,6 +150,12 @@ def _read_pickle(path: Path, allow: bool) -> pd.DataFrame:
     return df
 
 
+# How every CSV/TSV is read, whole or in chunks. keep_default_na=False: an empty cell stays "" (an empty text is
+# allowed); only a truly missing value becomes NaN, which matters for labels. The C engine has no field-size limit,
+# so a multi-megabyte cell is read whole (and cut later, before tokenization).
+_CSV_OPTIONS = {"dtype": str, "keep_default_na": False, "na_values": [""], "quoting": csv.QUOTE_MINIMAL, "engine": "c"}
+
+
 def read_table(path: str | Path, *, allow_pickle: bool | None = None) -> pd.DataFrame:
     """Reads CSV/TSV/JSONL/Parquet as strings-or-numbers, keeping every row in file order.
 
@@ -190,18 +196,7 @@ def read_table(path: str | Path, *, allow_pickle: bool | None = None) -> pd.Data
             if fmt == "jsonl":
                 df = _read_jsonl(path, text)
             else:
-                # keep_default_na=False: an empty cell stays "" (an empty text is allowed); only a truly
-                # missing value becomes NaN, which matters for labels. The C engine has no field-size limit,
-                # so a multi-megabyte cell is read whole (and cut later, before tokenization).
-                df = pd.read_csv(
-                    io.StringIO(text),
-                    sep="\t" if fmt == "tsv" else ",",
-                    dtype=str,
-                    keep_default_na=False,
-                    na_values=[""],
-                    quoting=csv.QUOTE_MINIMAL,
-                    engine="c",
-                )
+                df = pd.read_csv(io.StringIO(text), sep="\t" if fmt == "tsv" else ",", **_CSV_OPTIONS)
     except TextuneError:
         raise
     except (pd.errors.ParserError, ValueError, OSError, csv.Error) as exc:
@@ -336,15 +331,7 @@ def _iter_csv(path: Path, fmt: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
     rows = 0
     try:
         reader = pd.read_csv(
-            path,
-            sep="\t" if fmt == "tsv" else ",",
-            dtype=str,
-            keep_default_na=False,
-            na_values=[""],
-            quoting=csv.QUOTE_MINIMAL,
-            engine="c",
-            encoding="utf-8-sig",
-            chunksize=chunk_rows,
+            path, sep="\t" if fmt == "tsv" else ",", encoding="utf-8-sig", chunksize=chunk_rows, **_CSV_OPTIONS
         )
         with reader:
             for chunk in reader:
