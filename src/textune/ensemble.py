@@ -306,6 +306,11 @@ def load_combined(run_dir: str | Path, base: type, device: str | None = None, pr
     for m in spec["members"]:
         if float(m.get("weight", 0)) > 0:
             path = member_path(run_dir, m["path"])
+            if not (path / layout.MANIFEST).is_file():
+                raise TextuneError(
+                    f"{run_dir}: member {path} is gone or incomplete (members are kept by path); put it back or fit "
+                    f"the ensemble again"
+                )
             if m.get("manifest_sha256") and sha256_file(path / layout.MANIFEST) != m["manifest_sha256"]:
                 raise TextuneError(
                     f"{run_dir}: member {path} has changed since the weights were fitted (its manifest differs); "

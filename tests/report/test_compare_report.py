@@ -300,6 +300,19 @@ def test_report_headline_names_the_best_baseline_of_the_same_data(tmp_path):
     assert "best baseline" not in (tmp_path / "mine-baseline-tfidf" / "report.html").read_text()
 
 
+def test_report_never_sets_a_cv_baseline_beside_a_single_run(tmp_path):
+    """Pooled out-of-fold scores and one held-out split are different measurements: same data, not comparable."""
+    from textune.report.html import write_report
+
+    run = _fake_run(tmp_path, "mine", 0.8)
+    cv = _fake_run(tmp_path, "mine-baseline-tfidf-cv5", 0.95, kind="baseline")
+    summary = json.loads((cv / "summary.json").read_text())
+    (cv / "summary.json").write_text(json.dumps({**summary, "cv": {"accuracy": {"mean": 0.95, "std": 0.01}}}))
+    _fake_run(tmp_path, "mine-baseline-tfidf", 0.7, kind="baseline")
+    page = _Page.of(write_report(run))
+    assert [h["run"] for h in page.hooks if h["run"]] == ["../mine-baseline-tfidf"]
+
+
 def test_report_matches_baselines_by_name_without_hashes(tmp_path):
     from textune.report.html import write_report
 

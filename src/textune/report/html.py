@@ -253,7 +253,10 @@ def _split_identity(run: _Run) -> tuple | None:
     if not hashes:
         return None
     data = run.recipe.get("data") or {}
-    return (json.dumps(hashes, sort_keys=True), run.manifest.get("seed"), data.get("valid_fraction"))
+    # a cross-validated directory is scored on pooled out-of-fold rows, a single run on its held-out rows
+    cv = run.recipe.get("cv") or {}
+    folds = (cv.get("folds"), cv.get("seed"), cv.get("group")) if cv.get("folds") else None
+    return (json.dumps(hashes, sort_keys=True), run.manifest.get("seed"), data.get("valid_fraction"), folds)
 
 
 def _names_match(run_name: str, baseline_name: str) -> bool:
@@ -277,6 +280,10 @@ def baselines_beside(run: _Run) -> list[tuple[Path, dict]]:
         if not is_number((summary.get("validation") or {}).get(metric)):
             continue
         other = _Run(d, d.name, summary, *_read_recipe(d), manifest=_read_json(d / layout.MANIFEST))
+        # scored the same way: pooled out-of-fold rows (CV) or one held-out split, never one against the other
+        same_scoring = (run.summary.get("kind") == "cv") == ("cv" in summary)
+        if not same_scoring:
+            continue
         if (ident is not None and _split_identity(other) == ident) or _names_match(run.run_dir.name, d.name):
             found.append((d, summary))
     return found
