@@ -474,3 +474,29 @@ def test_serve_checks_its_arguments_before_loading_torch(served, tmp_path):
     assert len(errors) == len(cases), proc.stderr
     for line, (_, reason) in zip(errors, cases, strict=True):
         assert reason in line, line
+
+
+def test_an_ensemble_of_members_with_other_templates_takes_rows_with_every_members_columns():
+    """Members of an ensemble may render their text from other columns: plain texts rendered with the first member's
+    template would feed the others the wrong input, so rows are required, with the union of the members' columns."""
+    from types import SimpleNamespace
+
+    from textune.recipe import recipe_from_dict
+    from textune.serve import ClientError, RequestParser
+    from textune.tasks import get_task
+
+    def member(text):
+        recipe = recipe_from_dict({"data": {"text": text, "label": "label"}})
+        return SimpleNamespace(recipe=recipe, task=get_task("classification")(recipe), featurizer=None)
+
+    first, second = member("{title}"), member("{title}. {description}")
+    ensemble = SimpleNamespace(recipe=first.recipe, task=first.task, featurizer=None, members=[first, second])
+    parser = RequestParser(ensemble, max_rows=10)
+    with pytest.raises(ClientError, match="send 'rows'"):
+        parser.parse({"texts": ["stocks rally"]})
+    with pytest.raises(ClientError, match="description"):
+        parser.parse({"rows": [{"title": "stocks rally"}]})
+    parsed = parser.parse({"rows": [{"title": "stocks rally", "description": "profits rise"}]})
+    assert list(parsed.inputs.columns) == ["title", "description"]  # a frame: each member renders its own text
+    single = RequestParser(SimpleNamespace(**{**vars(ensemble), "members": [first]}), max_rows=10)
+    assert single.parse({"texts": ["stocks rally"]}).inputs == ["stocks rally"]

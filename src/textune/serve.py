@@ -122,15 +122,25 @@ class RequestParser:
     def __init__(self, predictor, max_rows: int):
         recipe, task = predictor.recipe, predictor.task
         self.task = task
-        self.text_columns = dict(task.input_columns())
-        feats = recipe.features
-        extra = {c: "features.numeric" for c in feats.numeric} | {c: "features.categorical" for c in feats.categorical}
-        for emb in feats.embeddings:
-            if emb.text:
-                extra |= {c: "features.embeddings text" for c in template_columns(emb.text)}
+        # an ensemble's members may read other columns and templates: rows must carry every member's columns
+        members = getattr(predictor, "members", None) or [predictor]
+        self.text_columns: dict[str, str] = {}
+        extra: dict[str, str] = {}
+        for member in members:
+            self.text_columns |= member.task.input_columns()
+            feats = member.recipe.features
+            extra |= {c: "features.numeric" for c in feats.numeric}
+            extra |= {c: "features.categorical" for c in feats.categorical}
+            for emb in feats.embeddings:
+                if emb.text:
+                    extra |= {c: "features.embeddings text" for c in template_columns(emb.text)}
         self.feature_columns = {c: k for c, k in extra.items() if c not in self.text_columns}
         self.id_col = recipe.data.id
-        self.accepts_texts = task.single_text and predictor.featurizer is None
+        # plain texts only where every member renders its text the same way (else each needs its own rows)
+        templates = {(m.recipe.data.text, m.recipe.data.text_pair) for m in members}
+        self.accepts_texts = (
+            all(m.task.single_text for m in members) and predictor.featurizer is None and len(templates) == 1
+        )
         self.max_rows = max_rows
 
     def parse(self, payload: Any) -> Parsed:
