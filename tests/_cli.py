@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 from textune.cli import main
 
 
@@ -16,3 +20,17 @@ def fails(capsys, *argv) -> str:
     assert len(lines) == 1, err
     assert lines[0].startswith("error: "), err
     return lines[0]
+
+
+def train_small_run(base: Path, tiny_model: Path) -> dict[str, Path]:
+    """A short run (60 rows, 2 steps) and a 12-row input file in ``base``: what the bad-input tests share (they copy
+    it before damaging it)."""
+    from conftest import make_news, write_recipe
+
+    make_news(60).to_csv(base / "train.csv", index=False)
+    make_news(12, seed=5).to_csv(base / "input.csv", index=False)
+    recipe = write_recipe(base / "recipe.yaml", tiny_model, base / "train.csv", train={"max_steps": 2})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TEXTUNE_CACHE", str(base / "cache"))
+        assert main(["train", str(recipe), "--out", str(base / "run")]) == 0
+    return {"run": base / "run", "input": base / "input.csv", "recipe": recipe, "base": base}

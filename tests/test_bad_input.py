@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from _cli import fails
+from _cli import fails, train_small_run
 from conftest import make_news, write_recipe
 
 from textune.cli import main
@@ -298,14 +298,7 @@ def test_trust_remote_code_is_off_by_default_and_warns_when_on(tiny_model):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_model) -> dict[str, Path]:
     """One short run shared by the predict/run-directory tests (they copy it before damaging it)."""
-    base = tmp_path_factory.mktemp("bad_input_run")
-    make_news(60).to_csv(base / "train.csv", index=False)
-    make_news(12, seed=5).to_csv(base / "input.csv", index=False)
-    recipe = write_recipe(base / "recipe.yaml", tiny_model, base / "train.csv", train={"max_steps": 2})
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TEXTUNE_CACHE", str(base / "cache"))
-        assert main(["train", str(recipe), "--out", str(base / "run")]) == 0
-    return {"run": base / "run", "input": base / "input.csv", "base": base}
+    return train_small_run(tmp_path_factory.mktemp("bad_input_run"), tiny_model)
 
 
 def test_predict_duplicate_ids(trained, tmp_path, capsys):

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from _cli import fails
-from conftest import make_news, write_recipe
+from _cli import fails, train_small_run
+from conftest import make_news
 
 from textune.cli import main
 from textune.errors import TextuneError
@@ -144,14 +144,7 @@ def test_directory_output_checks(tmp_path):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_model) -> dict[str, Path]:
     """One short run shared by the tests below (they copy it where they could damage it)."""
-    base = tmp_path_factory.mktemp("outputs_run")
-    make_news(60).to_csv(base / "train.csv", index=False)
-    make_news(12, seed=5).to_csv(base / "input.csv", index=False)
-    recipe = write_recipe(base / "recipe.yaml", tiny_model, base / "train.csv", train={"max_steps": 2})
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TEXTUNE_CACHE", str(base / "cache"))
-        assert main(["train", str(recipe), "--out", str(base / "run")]) == 0
-    return {"run": base / "run", "input": base / "input.csv", "recipe": recipe, "base": base}
+    return train_small_run(tmp_path_factory.mktemp("outputs_run"), tiny_model)
 
 
 @pytest.fixture

@@ -101,3 +101,14 @@ def csv_quoting(df) -> int:
         if df[c].dtype == object or str(df[c].dtype).startswith("str")
     )
     return csv.QUOTE_NONNUMERIC if has_cr else csv.QUOTE_MINIMAL
+
+
+def sha256_file(path: str | Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks (data files, weights, run files)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

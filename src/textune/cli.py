@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -190,14 +189,12 @@ def _print_summary(summary: dict) -> None:
 
 
 def _sha256(path: str | Path) -> str | None:
-    h = hashlib.sha256()
+    from textune._atomic import sha256_file
+
     try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+        return sha256_file(path)
     except OSError:  # a missing input is reported by the reader, with its own message
         return None
-    return h.hexdigest()
 
 
 def _evaluation_path(run: Path, source: str, digest: str | None) -> Path:
@@ -320,6 +317,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         # the key column goes beside the array; the name as textune.embed.write_embeddings makes it
         ids = out.with_name(out.name[: -len(out.suffix)] + ".ids.csv")
         check_output_file(ids, inputs, what="the ids file beside --output")
+    from textune.device import PRECISION_NAMES
     from textune.embed import embed_file
 
     files, emb = embed_file(
@@ -333,7 +331,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         prefix=args.prefix,
         max_length=args.max_length,
         batch_size=args.batch_size,
-        precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[args.precision],
+        precision=PRECISION_NAMES[args.precision],
         device=args.device,
         progress=not args.no_progress,
     )

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import torch
 
+# Recipe / command-line precision names -> Accelerate's (the autocast the inference path takes)
+PRECISION_NAMES = {"fp32": "no", "bf16": "bf16", "fp16": "fp16", "no": "no"}
+
 
 def cpu_has_native_bf16() -> bool:
     """True on CPUs that compute bf16 in hardware (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slower."""
@@ -43,7 +46,7 @@ def resolve_precision(requested: str, device: torch.device) -> str:
         if native_bf16(device):
             return "bf16"
         return "fp16" if device.type == "cuda" else "no"
-    return {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[requested]
+    return PRECISION_NAMES[requested]
 
 
 def configure_threads(num_threads: int | None) -> int:

@@ -25,8 +25,6 @@ from textune.tasks import Task, get_task
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16", "no": "no"}
-
 
 def _read_meta(path: Path) -> tuple[dict, dict, dict | None, str | None, Path]:
     """(recipe, task state, feature statistics, precision, model directory) of a run or an exported directory."""
@@ -44,6 +42,7 @@ def _read_meta(path: Path) -> tuple[dict, dict, dict | None, str | None, Path]:
 def inference_precision(saved: str | None, device: torch.device, requested: str | None = None) -> str:
     """The precision to predict with: ``requested`` if given, else the run's own where this device computes it
     natively; bf16 on a CPU without native bf16 would be emulated (~100x slower), so fp32 is used there."""
+    from textune.device import PRECISION_NAMES as PRECISIONS
     from textune.device import native_bf16
 
     if requested is not None:

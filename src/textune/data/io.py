@@ -6,7 +6,6 @@ import codecs
 import contextlib
 import contextvars
 import csv
-import hashlib
 import io
 import logging
 import re
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from textune._atomic import sha256_file  # noqa: F401 (re-exported: data files are hashed here)
 from textune.errors import TextuneError, did_you_mean
 
 log = logging.getLogger(__name__)
@@ -88,14 +88,6 @@ def rows_ref(indices, limit: int = 5) -> str:
     data = ", ".join(str(i + 1) for i in shown)
     lines = ", ".join(str(i + 2) for i in shown)
     return f"data rows {data}{more} (file lines {lines}{more})"
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _decode(path: Path, raw: bytes) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import platform
 import subprocess
@@ -31,19 +30,11 @@ def new_run_dir(parent: str | Path, name: str | None, stem: str) -> Path:
     return path
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def checksums(run_dir: Path) -> dict[str, str]:
     files = [run_dir / n for n in CHECKED if (run_dir / n).is_file()]
     for sub in CHECKED_DIRS:
         files += sorted(p for p in (run_dir / sub).rglob("*") if p.is_file())
-    return {p.relative_to(run_dir).as_posix(): _sha256(p) for p in files}
+    return {p.relative_to(run_dir).as_posix(): _atomic.sha256_file(p) for p in files}
 
 
 def _git_commit() -> str | None:
@@ -139,7 +130,7 @@ def verify_run_dir(run_dir: str | Path) -> dict:
             raise TextuneError(f"{run_dir}/manifest.json: lists {rel!r} outside the run directory; it was altered")
         if not p.is_file():
             raise TextuneError(f"{run_dir}: {rel} is listed in manifest.json but missing; the run is incomplete")
-        if _sha256(p) != digest:
+        if _atomic.sha256_file(p) != digest:
             raise TextuneError(f"{run_dir}: checksum mismatch for {rel}; the file was altered or corrupted")
     # A file added to the weights' folders after the run (say a pytorch_model.bin, which loads by unpickling)
     # would be read by from_pretrained without being checked: refuse it.
