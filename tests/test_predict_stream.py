@@ -78,3 +78,27 @@ def test_without_an_id_column_row_numbers_continue_across_chunks(predictor, rows
     rows.drop(columns="id").to_csv(path, index=False, quoting=csv.QUOTE_NONNUMERIC)
     predictor.predict_file(path, tmp_path / "out.csv", chunk_rows=7)
     assert pd.read_csv(tmp_path / "out.csv")["id"].tolist() == list(range(len(rows)))
+
+
+def test_a_short_file_that_is_not_utf8_is_read_as_the_whole_file_reader_reads_it(tmp_path):
+    """The fuzz case that crashed CI: b'\\x80' is a whole (tiny) file, not a UTF-8 character cut by the sample."""
+    from textune.data.io import iter_table, read_table
+
+    path = tmp_path / "in.csv"
+    path.write_bytes("id,text\n1,café €5\n".encode("cp1252"))
+    pd.testing.assert_frame_equal(pd.concat(iter_table(path, 7)), read_table(path))
+    path.write_bytes(b"\x80")
+    with pytest.raises(TextuneError) as whole:
+        read_table(path)
+    with pytest.raises(TextuneError) as streamed:
+        list(iter_table(path, 7))
+    assert str(streamed.value) == str(whole.value)
+
+
+def test_a_bad_byte_past_the_utf8_sample_is_one_clear_error(tmp_path):
+    from textune.data.io import iter_table
+
+    path = tmp_path / "in.csv"
+    path.write_bytes(b"id,text\n" + b"".join(b"%d,plain text\n" % i for i in range(8000)) + b"9,caf\xe9\n")
+    with pytest.raises(TextuneError, match=r"in\.csv: not UTF-8 past its first 65536 bytes.*save the file as UTF-8"):
+        list(iter_table(path, 1000))

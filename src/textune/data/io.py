@@ -305,7 +305,10 @@ def iter_table(path: str | Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
         yield df.iloc[start : start + chunk_rows]
 
 
-def _utf8_head(path: Path, size: int = 1 << 16) -> bool:
+_UTF8_SAMPLE = 1 << 16
+
+
+def _utf8_head(path: Path, size: int = _UTF8_SAMPLE) -> bool:
     """Whether the file starts as UTF-8 text (no BOM of UTF-16/32, no NUL): the files a chunked reader can take."""
     with open(path, "rb") as f:
         head = f.read(size)
@@ -314,14 +317,15 @@ def _utf8_head(path: Path, size: int = 1 << 16) -> bool:
     try:
         head.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        return exc.start >= len(head) - 4  # a character cut at the end of the sample is fine
+        # Only a character cut by the sample's end is fine, and only where the sample is not the whole file.
+        return len(head) == size and exc.reason == "unexpected end of data"
     return True
 
 
 def _iter_csv(path: Path, fmt: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
-    header = _file_header(path, fmt)
     rows = 0
     try:
+        header = _file_header(path, fmt)
         reader = pd.read_csv(
             path, sep="\t" if fmt == "tsv" else ",", encoding="utf-8-sig", chunksize=chunk_rows, **_CSV_OPTIONS
         )
@@ -330,7 +334,12 @@ def _iter_csv(path: Path, fmt: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
                 chunk.columns = header
                 rows += len(chunk)
                 yield chunk
-    except (pd.errors.ParserError, ValueError, UnicodeDecodeError, csv.Error) as exc:
+    except UnicodeDecodeError as exc:
+        raise TextuneError(
+            f"{path}: not UTF-8 past its first {_UTF8_SAMPLE} bytes (a bad byte in the chunk read then: {exc.reason}); "
+            "save the file as UTF-8"
+        ) from None
+    except (pd.errors.ParserError, ValueError, csv.Error) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TextuneError(f"{path}: cannot be parsed as {fmt} ({first}); {_PARSE_ADVICE.get(fmt)}") from None
     if rows == 0:
