@@ -125,7 +125,9 @@ class FusionHeadConfig(_Section):
     )
     dropout: float = Field(0.1, ge=0, lt=1, description="Dropout after each hidden layer.")
     layer_norm: bool = Field(True, description="LayerNorm after each hidden layer.")
-    pooling: Literal["mean", "cls"] = Field("mean", description="How the text encoder's tokens are pooled.")
+    pooling: Literal["mean", "cls", "attention"] = Field(
+        "mean", description="How the text encoder's tokens are pooled (model.pooling, when set, wins)."
+    )
 
 
 class EmbeddingFeature(_Section):
@@ -206,6 +208,21 @@ class ModelConfig(_Section):
     dropout: float | None = Field(None, ge=0, lt=1, description="Override the model's hidden/attention dropout.")
     trust_remote_code: bool = Field(False, description="Run code shipped with a hub model (off: it is code execution).")
     peft: PeftConfig = Field(default_factory=PeftConfig, description="Parameter-efficient fine-tuning (LoRA).")
+    pooling: Literal["auto", "cls", "mean", "attention"] = Field(
+        "auto",
+        description="Head input: 'auto' keeps the architecture's own head; 'cls', 'mean' (masked) or 'attention' "
+        "(learned weights over tokens) put textune's linear head on that pooled vector.",
+    )
+    multi_sample_dropout: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="Train the head on N dropout masks of the pooled vector at once, logits averaged (N > 1 uses "
+        "textune's head; prediction is one pass without dropout).",
+    )
+    reinit_layers: int = Field(
+        0, ge=0, description="Re-initialise the top N encoder layers before training (helps small datasets)."
+    )
 
 
 class EarlyStopping(_Section):
@@ -234,6 +251,13 @@ class TrainConfig(_Section):
     )
     eval_batch_size: int = Field(128, ge=1, description="Batch size for evaluation and prediction.")
     lr: float = Field(5e-5, gt=0, description="Peak learning rate (AdamW).")
+    layer_lr_decay: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="Layer-wise learning-rate decay: the head trains at lr, encoder layer k of L at lr x decay^(L-k), "
+        "the embeddings at lr x decay^(L+1). 1: off.",
+    )
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (not applied to biases and norms).")
     scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="Learning-rate schedule.")
     warmup_ratio: float = Field(0.06, ge=0, lt=1, description="Share of steps spent warming up the learning rate.")

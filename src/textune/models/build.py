@@ -95,19 +95,32 @@ def build_from_config(
     return apply_peft(build, recipe.model.peft)
 
 
+def uses_own_head(recipe: Recipe) -> bool:
+    """Whether the recipe asks for textune's head (a pooling choice or multi-sample dropout) without features."""
+    return recipe.model.pooling != "auto" or recipe.model.multi_sample_dropout > 1
+
+
 def fusion_spec(recipe: Recipe, task, featurizer) -> dict[str, Any] | None:
-    """The fusion head's shape, or None when the recipe has no tabular features (plain HF head)."""
-    if featurizer is None:
+    """textune's head's shape: with tabular features the fusion MLP; with ``model.pooling`` or
+    ``model.multi_sample_dropout`` alone one linear layer on the pooled vector; else None (the architecture's head).
+    """
+    if featurizer is None and not uses_own_head(recipe):
         return None
-    head = recipe.features.head
+    head, model = recipe.features.head, recipe.model
+    pooling = model.pooling if model.pooling != "auto" else head.pooling
+    plain = featurizer is None  # no features: a linear head after dropout, as BERT's own classifier
+    config = config_for(recipe, {}) if plain or model.multi_sample_dropout > 1 else None
+    hidden_dropout = model.dropout if model.dropout is not None else getattr(config, "hidden_dropout_prob", 0.1)
     return {
-        "numeric_dim": featurizer.numeric_dim,
-        "cardinalities": featurizer.cardinalities,
+        "numeric_dim": featurizer.numeric_dim if featurizer else 0,
+        "cardinalities": featurizer.cardinalities if featurizer else [],
         "num_outputs": task.num_outputs,
-        "widths": head.widths,
+        "widths": [] if plain else head.widths,
         "dropout": head.dropout,
         "layer_norm": head.layer_norm,
-        "pooling": head.pooling,
+        "pooling": pooling,
+        "input_dropout": float(hidden_dropout or 0.0) if config is not None else 0.0,
+        "samples": model.multi_sample_dropout,
     }
 
 
@@ -148,14 +161,16 @@ def build_model(
     def build() -> torch.nn.Module:
         seed_everything(recipe.train.seed)  # same head initialisation whatever ran before
         if fusion is not None:
-            return _load_fusion(recipe, fusion)
-        model, _ = load_classifier(
-            recipe.model.name,
-            task_kwargs,
-            allow_network=recipe.model.allow_network,
-            trust_remote_code=recipe.model.trust_remote_code,
-            dropout=recipe.model.dropout,
-        )
+            model = _load_fusion(recipe, fusion)
+        else:
+            model, _ = load_classifier(
+                recipe.model.name,
+                task_kwargs,
+                allow_network=recipe.model.allow_network,
+                trust_remote_code=recipe.model.trust_remote_code,
+                dropout=recipe.model.dropout,
+            )
+        reinit_top_layers(model, recipe.model.reinit_layers)
         return model
 
     peft = recipe.model.peft
@@ -171,6 +186,36 @@ def build_model(
         final.notes = report.notes
         return model, final
     return apply_peft(build, peft)
+
+
+def encoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList | None:
+    """The encoder's stack of transformer layers (BERT/RoBERTa/DeBERTa ``encoder.layer``, DistilBERT
+    ``transformer.layer``...): the longest ModuleList of ``num_hidden_layers`` blocks, or None."""
+    n = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == n]
+    return lists[0] if lists else None
+
+
+def reinit_top_layers(model: torch.nn.Module, k: int) -> None:
+    """Re-initialises the top ``k`` transformer layers with the architecture's own initialiser (``_init_weights``).
+
+    Raises:
+        TextuneError: ``k`` exceeds the layers the model has, or its layers cannot be found.
+    """
+    if k <= 0:
+        return
+    layers = encoder_layers(model)
+    if layers is None:
+        raise TextuneError("model.reinit_layers: cannot find this architecture's layer stack; set it to 0")
+    if k > len(layers):
+        raise TextuneError(f"model.reinit_layers: {k} exceeds the model's {len(layers)} layers; set it to at most that")
+    pretrained = next(m for m in model.modules() if hasattr(m, "_init_weights"))
+    for layer in layers[len(layers) - k :]:
+        for tensor in [*layer.parameters(), *layer.buffers()]:
+            # transformers 5's initialisers skip tensors flagged as loaded from the checkpoint
+            if getattr(tensor, "_is_hf_initialized", False):
+                tensor._is_hf_initialized = False
+        layer.apply(pretrained._init_weights)
 
 
 def is_peft(model: torch.nn.Module) -> bool:

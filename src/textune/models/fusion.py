@@ -1,4 +1,5 @@
-"""Text + tabular fusion: pooled encoder output concatenated with features, then an MLP head.
+"""textune's head: the pooled encoder output (CLS, masked mean or attention), concatenated with tabular features
+when the recipe has them, then an MLP (or one linear layer) with optional multi-sample dropout.
 
 Saved as a Hugging Face encoder directory (``encoder/``) plus ``fusion.safetensors`` and ``fusion.json``, so that the
 encoder part stays loadable by any Hugging Face tool.
@@ -28,8 +29,15 @@ class FusionHead(nn.Module):
         widths: list[int],
         dropout: float,
         layer_norm: bool,
+        pooling: str = "mean",
+        input_dropout: float = 0.0,
+        samples: int = 1,
     ):
         super().__init__()
+        self.pooling, self.samples = pooling, samples
+        # attention pooling: one learned score per token, softmax over the row's real tokens
+        self.attention = nn.Linear(text_dim, 1) if pooling == "attention" else None
+        self.input_dropout = nn.Dropout(input_dropout)
         # embedding width grows slowly with the number of categories (the fastai rule of thumb, capped)
         self.embeddings = nn.ModuleList(nn.Embedding(n, min(32, round(1.6 * n**0.56))) for n in cardinalities)
         width = text_dim + numeric_dim + sum(e.embedding_dim for e in self.embeddings)
@@ -42,13 +50,27 @@ class FusionHead(nn.Module):
         layers.append(nn.Linear(width, num_outputs))
         self.mlp = nn.Sequential(*layers)
 
+    def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """One vector per row from the encoder's tokens: the first token, the masked mean, or learned weights."""
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        if self.pooling == "attention":
+            scores = self.attention(hidden).float().masked_fill(mask == 0, torch.finfo(torch.float32).min)
+            return (torch.softmax(scores, dim=1).to(hidden.dtype) * hidden).sum(1)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
     def forward(self, text: torch.Tensor, numeric: torch.Tensor | None, categorical: torch.Tensor | None):
         parts = [text]
         if numeric is not None and numeric.shape[1]:
             parts.append(numeric.to(text.dtype))
         if categorical is not None:
             parts += [emb(categorical[:, j]).to(text.dtype) for j, emb in enumerate(self.embeddings)]
-        return self.mlp(torch.cat(parts, dim=1))
+        x = torch.cat(parts, dim=1)
+        if self.training and self.samples > 1:
+            # multi-sample dropout: the same rows under N masks, logits averaged (one pass each, shared weights)
+            return torch.stack([self.mlp(self.input_dropout(x)) for _ in range(self.samples)]).mean(0)
+        return self.mlp(self.input_dropout(x))
 
 
 class FusionModel(nn.Module):
@@ -67,6 +89,9 @@ class FusionModel(nn.Module):
             spec["widths"],
             spec["dropout"],
             spec["layer_norm"],
+            pooling=spec["pooling"],
+            input_dropout=spec.get("input_dropout", 0.0),
+            samples=spec.get("samples", 1),
         )
 
     def forward(self, input_ids, attention_mask, token_type_ids=None, numeric=None, categorical=None, **_: Any):
@@ -74,11 +99,7 @@ class FusionModel(nn.Module):
         if token_type_ids is not None and getattr(self.config, "type_vocab_size", 0):
             kwargs["token_type_ids"] = token_type_ids
         hidden = self.encoder(**kwargs).last_hidden_state
-        if self.spec["pooling"] == "cls":
-            pooled = hidden[:, 0]
-        else:
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        pooled = self.fusion.pool(hidden, attention_mask)
         return SequenceClassifierOutput(logits=self.fusion(pooled, numeric, categorical))
 
     def save_pretrained(self, path: str | Path, **kwargs: Any) -> None:

@@ -135,9 +135,9 @@ def train(
                 trackers.end_processes()
             if not run.accelerator.is_main_process:
                 return run_dir
-            finish(
-                run_dir, recipe, data, state, run.precision, run.device, main_metric, run.params, run.plan.describe()
-            )
+            # a run that keeps its best step by validation loss still reports the task's metric first
+            reported = data.task.main_metric if main_metric == "loss" else main_metric
+            finish(run_dir, recipe, data, state, run.precision, run.device, reported, run.params, run.plan.describe())
             trackers.close()  # after the outputs: the summary and plots go to the trackers too
         except BaseException as exc:
             trackers.abort(exc, stopped=isinstance(exc, (KeyboardInterrupt, TrainingInterrupted)))

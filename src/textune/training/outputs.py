@@ -63,6 +63,7 @@ def finish(
         "main_metric": main_metric,
         "metric_direction": task.direction(main_metric),
         "best_step": state.best_step,
+        "selected_on": recipe.train.early_stopping.metric or main_metric,  # what chose best_step
         "steps": state.step,
         "validation": results.get("validation"),
         "test": results.get("test"),
