@@ -98,6 +98,16 @@ def test_the_member_perfect_out_of_fold_gets_all_the_weight(tmp_path):
     assert weights[2] > 10 * max(weights[0], weights[1])
 
 
+def test_the_ensemble_reports_each_folds_score_as_mean_and_spread(tmp_path):
+    """The figure set beside a baseline's mean +- std: the ensemble's cross-fitted outputs scored fold by fold."""
+    y = _targets()
+    wrong_in_fold_0 = np.where(FOLDS == 0, (y + 1) % 3, y)  # right everywhere but fold 0
+    only = _member(tmp_path, "m", _onehot(wrong_in_fold_0), y)
+    cv = layout.read_summary(fit_ensemble([only], tmp_path / "ens"))["cv"]["accuracy"]
+    assert cv["mean"] == pytest.approx(2 / 3) and cv["std"] == pytest.approx(np.std([0, 1, 1], ddof=1))
+    assert cv["oof"] == pytest.approx(2 / 3)
+
+
 def test_in_sample_out_of_fold_predictions_are_refused(tmp_path):
     y = _targets()
     honest = _member(tmp_path, "honest", np.zeros((N, 3)), y)

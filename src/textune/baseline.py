@@ -421,7 +421,8 @@ def run_cv_baseline(
     Raises:
         TextuneError: an unknown kind, an unsupported task, or a destination that is not a baseline.
     """
-    from textune.cv import cv_statistics, write_oof_files
+    from textune._math import cv_statistics
+    from textune.cv import write_oof_files
     from textune.ensemble import from_space, to_space
 
     _check_kinds([kind])

@@ -21,7 +21,6 @@ refuses a different recipe. The rows cross-validated are ``data.train``'s (after
 from __future__ import annotations
 
 import logging
-import statistics
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from textune import _atomic
+from textune._math import cv_statistics
 from textune.data.io import read_table, require_columns, rows_ref, sample_rows, sha256_file
 from textune.ensemble import (
     ENSEMBLE,
@@ -183,19 +183,6 @@ def load_cv_data(recipe: Recipe, folds: int | None = None) -> CVData:
     seed = recipe.train.seed if cv.seed is None else cv.seed
     assignment = assign_folds(len(df), k, seed, task.stratify_on(df), groups, d.warn_unstratified)
     return CVData(df, d.train, task, targets, assignment, seed)
-
-
-def cv_statistics(fold_metrics: list[dict[str, float]], pooled: dict[str, float]) -> dict[str, dict[str, Any]]:
-    """Per metric: the mean and (sample) standard deviation over the folds, and the value on the pooled rows."""
-    out = {}
-    for name in dict.fromkeys(n for m in fold_metrics for n in m):
-        values = [float(m[name]) for m in fold_metrics if isinstance(m.get(name), int | float)]
-        out[name] = {
-            "mean": statistics.fmean(values) if values else None,
-            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "oof": pooled.get(name),
-        }
-    return out
 
 
 def write_oof_files(run_dir: Path, recipe: Recipe, data: CVData, outputs: np.ndarray) -> None:

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from textune import _atomic
-from textune._math import logit, sigmoid, softmax
+from textune._math import cv_statistics, logit, sigmoid, softmax
 from textune.data.io import require_columns, sha256_file
 from textune.errors import TextuneError
 from textune.recipe import Recipe, recipe_from_dict
@@ -556,9 +556,14 @@ def fit_ensemble(
     final = blend.combine(task, spaces)
     fresh = task.calibration_state()
     honest = task.calibrate(crossed, targets, seed=first.recipe.train.seed)
+    per_fold = []  # each fold scored as a fold run scores its own held-out rows: mean and spread beside the members'
+    for k in np.unique(folds):
+        task.set_calibration_state(fresh)
+        per_fold.append(task.calibrate(crossed[folds == k], targets[folds == k], seed=first.recipe.train.seed))
     task.set_calibration_state(fresh)
     in_sample = task.calibrate(final, targets, seed=first.recipe.train.seed)  # the calibration prediction uses
     scores = {"validation": honest, "in_sample": in_sample, "rounds": rounds if method == "greedy" else None}
+    scores["cv"] = cv_statistics(per_fold, honest)
     oof = OOF(first.oof.rows, folds, targets, crossed)  # cross-fitted: an ensemble of ensembles stays honest
     return _write_ensemble(Path(out), members, task, blend, oof, metric, scores)
 
@@ -595,6 +600,7 @@ def _write_ensemble(
         "predictable": predictable,
         "validation": scores["validation"],  # weights and calibration cross-fitted over the folds
         "validation_in_sample": scores["in_sample"],  # the final weights, fitted on these same rows
+        "cv": scores["cv"],  # per fold of the cross-fitted outputs: mean, std and the pooled value
         "members": [{k: m[k] for k in ("path", "kind", "weight", "cv_score")} for m in listed],
         "rounds": scores["rounds"],
         "train_rows": len(oof.rows),
