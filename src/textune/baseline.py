@@ -345,7 +345,7 @@ def run_baseline(
     t0 = time.perf_counter()
     scores = {n: linear.scores(X) for n, X in feats.by_split.items() if n != "train"}
     predict_s = time.perf_counter() - t0 + feats.apply_seconds
-    results = {n: task.metrics(s, splits[n].targets) for n, s in scores.items() if splits[n].targets is not None}
+    results = _score(task, scores, splits, recipe.train.seed)
     train_s = feats.fit_seconds + fit_s
     trainable = linear.parameters
     total = trainable + feats.frozen_parameters
@@ -443,18 +443,31 @@ def run_cv_baseline(
         fold_task, model, feats, X, seconds = _fit_fold(kind, recipe, data, held, splits, fixed, embed_model)
         timing += seconds
         scores = model.scores(X["validation"])
-        fold_metrics.append(fold_task.metrics(scores, data.targets[held]))
+        # scored as a fine-tune's fold scores its held-out rows: calibrated (cross-fitted) where the task calibrates
+        fold_metrics.append(fold_task.calibrate(scores, data.targets[held], seed=recipe.train.seed))
         oof[held] = from_space(task, to_space(fold_task, scores))  # into the directory's own task space
         if "test" in X:
             test_space = test_space + to_space(fold_task, model.scores(X["test"])) / k_folds
     if fixed is not None:
         timing += [fixed.fit_seconds, 0.0, fixed.apply_seconds]
     scores = {"validation": oof} | ({"test": from_space(task, test_space)} if "test" in splits else {})
-    results = {n: task.metrics(s, splits[n].targets) for n, s in scores.items() if splits[n].targets is not None}
+    results = _score(task, scores, splits, recipe.train.seed)
     summary = _cv_summary(recipe, kind, data, feats, model, results, fold_metrics, timing, t_start)
     summary["cv"] = cv_statistics(fold_metrics, results["validation"])
     _write_dir(dst, recipe, task, splits, scores, summary, lambda tmp: write_oof_files(tmp, recipe, data, oof))
     return dst
+
+
+def _score(task: Task, scores: dict[str, np.ndarray], splits: dict[str, Split], seed: int) -> dict[str, dict]:
+    """Metrics per split as a fine-tuned run reports them: the task's calibration (a preference temperature,
+    multi-label thresholds) fitted on validation and its validation figures cross-fitted; test scored after."""
+    results = {}
+    if splits["validation"].targets is not None:
+        results["validation"] = task.calibrate(scores["validation"], splits["validation"].targets, seed=seed)
+    for name, values in scores.items():
+        if name != "validation" and splits[name].targets is not None:
+            results[name] = task.metrics(values, splits[name].targets)
+    return results
 
 
 def _fit_fold(kind: str, recipe: Recipe, data, held: np.ndarray, splits: dict[str, Split], fixed, embed_model):
