@@ -43,7 +43,7 @@ from textune.errors import TextuneError
 from textune.prepare import Split, data_hashes, prepare
 from textune.recipe import Recipe, dump_recipe
 from textune.run import layout
-from textune.tasks import Task
+from textune.tasks import Task, get_task
 
 log = logging.getLogger(__name__)
 
@@ -165,20 +165,24 @@ def _gbdt_features(splits: dict[str, Split], recipe: Recipe) -> _Features:
     t0 = time.perf_counter()
     featurizer.fit(train.df, train.texts, train.path)
 
+    task = get_task(recipe.task)(recipe)
+
     def table(split: Split) -> np.ndarray:
         numeric, categorical = featurizer.transform(split.df, split.texts, split.path)
-        return np.concatenate([numeric, categorical.astype(np.float32)], axis=1)
+        return np.concatenate([numeric, *_field_statistics(task, split), categorical.astype(np.float32)], axis=1)
 
     by_split = {"train": table(train)}
     fit_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     by_split |= {n: table(s) for n, s in splits.items() if n != "train"}
-    n_numeric = featurizer.numeric_dim
+    n_numeric = int(by_split["train"].shape[1]) - len(featurizer.cardinalities)
     # HistGradientBoosting takes categories below its 255 bins; a larger vocabulary is split on as ordered codes
     mask = np.r_[np.zeros(n_numeric, dtype=bool), np.asarray([c <= 255 for c in featurizer.cardinalities], bool)]
     stats = {f"text_{n}" for n in TEXT_STATS}
     own = [n for n in (*featurizer.state["numeric_names"], *featurizer.state["categorical_names"]) if n not in stats]
     described = f"features ({', '.join(own)}) + text statistics" if own else "text statistics"
+    if task.compared_fields:
+        described += " per field, and their differences between compared fields"
     return _Features(
         by_split,
         "features" if own else "text statistics",
@@ -190,6 +194,19 @@ def _gbdt_features(splits: dict[str, Split], recipe: Recipe) -> _Features:
         "cpu",
         categorical=mask if mask.any() else None,
     )
+
+
+def _field_statistics(task: Task, split: Split) -> list[np.ndarray]:
+    """Where a row has several text fields (a pair, preference's prompt / a / b): each field's text statistics, and
+    the first minus the second of each pair the task compares. Nothing for single-text tasks (the featurizer's
+    statistics of the whole text cover them)."""
+    from textune.features import text_stats
+
+    fields = task.fields(split.df, split.path)
+    if len(fields) < 2:
+        return []
+    stats = [np.asarray([text_stats(t) for t in field], dtype=np.float32).reshape(len(field), -1) for field in fields]
+    return stats + [stats[i] - stats[j] for i, j in task.compared_fields]
 
 
 FEATURIZERS: dict[str, Callable[..., _Features]] = {

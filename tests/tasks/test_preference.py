@@ -217,3 +217,34 @@ def test_a_cv_baseline_is_scored_with_the_calibration_a_fine_tune_gets(tmp_path,
     assert summary["cv"]["log_loss"]["mean"] == pytest.approx(np.mean([f["log_loss"] for f in folds]))
     assert summary["validation"]["log_loss"] < summary["validation"]["log_loss_uncalibrated"]
     assert json.loads((out / "task.json").read_text())["temperature"] != 1.0  # kept for the baseline's test rows
+
+
+def test_the_gbdt_baseline_reads_the_length_difference_of_the_responses(tmp_path, tiny_model):
+    """Longer answers win: with the winner decided by length alone, trees on the per-field statistics and their
+    a-minus-b differences find it; statistics of the joined text cannot (it is the same text either way)."""
+    from textune.baseline import run_baselines
+
+    rng = random.Random(0)
+    rows = []
+    for i in range(150):
+        short, long = " ".join(rng.choice(GOOD + BAD) for _ in range(3)), " ".join(rng.choice(GOOD) for _ in range(12))
+        a_wins = i % 2 == 0
+        ra, rb = (long, short) if a_wins else (short, long)
+        rows.append(
+            {
+                "id": f"p{i}",
+                "prompt": "explain",
+                "response_a": ra,
+                "response_b": rb,
+                "winner_model_a": int(a_wins),
+                "winner_model_b": int(not a_wins),
+                "winner_tie": 0,
+            }
+        )
+    train = tmp_path / "train.csv"
+    pd.DataFrame(rows).to_csv(train, index=False)
+    raw = {"task": "preference", "data": {"train": str(train), "id": "id"}, "model": {"name": str(tiny_model)}}
+    (out,) = run_baselines(recipe_from_dict(raw), ["gbdt"], out=tmp_path / "b", folds=3)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["validation"]["accuracy"] > 0.95
+    assert "differences between compared fields" in summary["description"]

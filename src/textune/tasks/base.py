@@ -104,6 +104,12 @@ class Task(ABC):
         return None
 
     @property
+    def compared_fields(self) -> list[tuple[int, int]]:
+        """Pairs of :meth:`fields` (by position) whose difference is informative, e.g. response a against b:
+        hand features (lengths, words...) of the first minus the second feed the gradient-boosted baseline."""
+        return []
+
+    @property
     def single_text(self) -> bool:
         """Whether the model reads one text per row (not a pair or preference fields): what `check` measures."""
         return not self.recipe.data.text_pair

@@ -243,6 +243,10 @@ class PreferenceTask(Task):
         return False
 
     @property
+    def compared_fields(self) -> list[tuple[int, int]]:
+        return [(1, 2)]  # response a against response b (longer answers win more often)
+
+    @property
     def class_names(self) -> list[str] | None:
         return self.labels
 
