@@ -19,3 +19,15 @@ def test_carriage_return_in_a_cell_stays_in_its_row(tmp_path):
 def test_plain_cells_are_not_quoted(tmp_path):
     path = write_csv(tmp_path / "sub.csv", pd.DataFrame({"id": ["a", "b"], "label": ["x", "y"]}))
     assert path.read_text() == "id,label\na,x\nb,y\n"
+
+
+def test_replacing_a_directory_never_touches_a_users_old_folder(tmp_path):
+    from textune import _atomic
+
+    dst, mine, new = tmp_path / "model", tmp_path / "model.old", tmp_path / "new"
+    for d, text in ((dst, "v1"), (mine, "my backup"), (new, "v2")):
+        d.mkdir()
+        (d / "f.txt").write_text(text)
+    _atomic.replace_dir(new, dst)
+    assert (dst / "f.txt").read_text() == "v2" and (mine / "f.txt").read_text() == "my backup"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "model.old"]

@@ -68,7 +68,7 @@ DRIVER = textwrap.dedent(
 
             def replace_dir(src, dst):
                 if dst.name == target and dst.exists() and due():
-                    os.replace(dst, dst.with_name(dst.name + ".old"))
+                    os.replace(dst, atomic.aside(dst))
                     die()
                 real_replace(src, dst)
 
@@ -235,11 +235,11 @@ def test_kill_9_at_six_points_then_resume_equals_uninterrupted(setup, capsys):
 
     # 2. Resume starts over from step 0; killed while swapping in the step-4 checkpoint (old one moved aside).
     trainers.killed(resume, "ckpt-swap", at=1)
-    assert not (run / "checkpoints" / "last").exists() and _ckpt_step(run, "last.old") == 2
+    assert not (run / "checkpoints" / "last").exists() and _ckpt_step(run, ".last.textune-old") == 2
 
     # 3. Resume recovers last.old (step 2); killed while swapping in the best model at step 4.
     trainers.killed(resume, "model-swap", at=1)
-    assert _ckpt_step(run) == 2 and not (run / "model").exists() and (run / "model.old").is_dir()
+    assert _ckpt_step(run) == 2 and not (run / "model").exists() and (run / ".model.textune-old").is_dir()
 
     # 4. Killed half-way through the 6th metrics.jsonl line (the train record of step 10).
     trainers.killed(resume, "torn-log", at=6)

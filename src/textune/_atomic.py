@@ -58,13 +58,19 @@ def append_jsonl(path: str | Path, record: dict) -> None:
         f.flush()
 
 
+def aside(dst: Path) -> Path:
+    """Where :func:`replace_dir` keeps the old ``dst`` while swapping: a hidden name of textune's own, so a
+    user's ``<dst>.old`` folder beside it is never taken for it (and deleted)."""
+    return dst.with_name(f".{dst.name}.textune-old")
+
+
 def replace_dir(src: Path, dst: Path) -> None:
     """Moves a fully written directory ``src`` to ``dst``, replacing ``dst`` if present.
 
     Directories cannot be swapped atomically on POSIX, so the old one is first renamed aside: at every moment
-    either ``dst`` or ``dst.old`` is complete, and :func:`recover_dir` picks up the latter after a crash.
+    either ``dst`` or its :func:`aside` copy is complete, and :func:`recover_dir` picks up the latter after a crash.
     """
-    old = dst.with_name(dst.name + ".old")
+    old = aside(dst)
     if old.exists():
         shutil.rmtree(old)
     if dst.exists():
@@ -77,7 +83,7 @@ def replace_dir(src: Path, dst: Path) -> None:
 
 def recover_dir(dst: Path) -> None:
     """After a crash inside :func:`replace_dir`, puts the complete old copy back in place."""
-    old = dst.with_name(dst.name + ".old")
+    old = aside(dst)
     if not dst.exists() and old.exists():
         os.replace(old, dst)
     elif old.exists():

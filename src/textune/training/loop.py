@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from textune import _atomic
 from textune._seed import rng_state, seed_everything
 from textune.data.batching import collate, move, to_device
 from textune.device import configure_threads, setup_cuda_speed
@@ -167,7 +168,7 @@ def _start(run_dir: Path, recipe: Recipe, data: Prepared, run: Setup, resuming: 
     """A fresh run writes its recipe and task state; a resumed one loads its checkpoint and cuts the history
     back to it. A run killed before its first checkpoint resumes from step 0 (same seed, same result)."""
     ckpt_dir = run_dir / layout.LAST_CHECKPOINT
-    if resuming and (ckpt_dir.exists() or ckpt_dir.with_name(ckpt_dir.name + ".old").exists()):
+    if resuming and (ckpt_dir.exists() or _atomic.aside(ckpt_dir).exists()):
         raw = load_checkpoint(
             ckpt_dir,
             run.accelerator.unwrap_model(run.model),
