@@ -26,6 +26,7 @@ LAYERS: list[tuple[str, ...]] = [
         "textune.check",
         "textune.tune",
         "textune.export",
+        "textune.onnx_export",  # export --onnx: imported by export only
         "textune.embed",
         "textune.params",
         "textune.serve",

@@ -270,8 +270,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     check_output_dir(args.out, inputs=[args.run], what="--out")
     from textune.export import export_run
 
-    out = export_run(args.run, args.out, merge=args.merge)
+    out = export_run(args.run, args.out, merge=args.merge, onnx=args.onnx, int8=args.int8)
     print(f"exported {'merged model' if args.merge else 'adapter'} to {out}")
+    if args.onnx:
+        print(f"ONNX: {out / 'model.onnx'}" + (f" and {out / 'model.int8.onnx'} (int8)" if args.int8 else ""))
     return 0
 
 
@@ -613,6 +615,14 @@ def _add_export(sub) -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="merge LoRA adapters into the base weights (default), or --no-merge for the adapter alone",
+    )
+    s.add_argument(
+        "--onnx",
+        action="store_true",
+        help="also write model.onnx (fp32 logits, for ONNX Runtime on CPU); needs pip install 'textune[onnx]'",
+    )
+    s.add_argument(
+        "--int8", action="store_true", help="with --onnx, also write model.int8.onnx (dynamic int8 quantisation)"
     )
     s.set_defaults(func=cmd_export)
 

@@ -120,7 +120,7 @@ class FusionModel(nn.Module):
         encoder = AutoModel.from_pretrained(path / "encoder", local_files_only=True)
         model = cls(encoder, spec)
         model.fusion.load_state_dict(load_file(path / "fusion.safetensors"))
-        return model
+        return model.eval()  # as Hugging Face's from_pretrained: loaded for inference, dropout off
 
 
 def is_fusion_dir(path: str | Path) -> bool:
