@@ -103,7 +103,7 @@ def table(args: argparse.Namespace) -> None:
             (f"baseline: {kind}", task_dir / f"{name}-baseline-{kind}-cv{finetune['folds']}", f"{name}/{kind}")
             for kind in KINDS
         ]
-        rows += [("fine-tune (fold ensemble)", task_dir / "finetune", f"{name}/finetune")]
+        rows += [("fine-tune (one model per fold)", task_dir / "finetune", f"{name}/finetune")]
         rows += [("ensemble (greedy, on OOF)", task_dir / "ensemble", f"{name}/ensemble")]
         print(
             f"### {name}: {metric} ({'higher' if direction == 'max' else 'lower'} is better), "
@@ -140,7 +140,7 @@ def table(args: argparse.Namespace) -> None:
                 f"({margin / best_std if best_std else float('inf'):+.1f} "
                 f"of its std); goal > 1 std: {'met' if margin > best_std else 'NOT met'}"
             )
-        tfidf, single = cells.get("baseline: tfidf"), cells.get("fine-tune (fold ensemble)")
+        tfidf, single = cells.get("baseline: tfidf"), cells.get("fine-tune (one model per fold)")
         if tfidf and single and tfidf[0] is not None and single[0] is not None:
             beats = sign * (single[0] - tfidf[0]) > 0
             print(f"fine-tune vs TF-IDF: {sign * (single[0] - tfidf[0]):+.4f}; goal: {'met' if beats else 'NOT met'}")

@@ -95,10 +95,12 @@ def test_a_short_file_that_is_not_utf8_is_read_as_the_whole_file_reader_reads_it
     assert str(streamed.value) == str(whole.value)
 
 
-def test_a_bad_byte_past_the_utf8_sample_is_one_clear_error(tmp_path):
-    from textune.data.io import iter_table
+def test_a_bad_byte_deep_in_a_file_is_read_as_the_whole_file_reader_reads_it(tmp_path):
+    """Training reads such a file (cp1252 fallback, with a warning): prediction must not refuse it."""
+    from textune.data.io import iter_table, read_table
 
     path = tmp_path / "in.csv"
-    path.write_bytes(b"id,text\n" + b"".join(b"%d,plain text\n" % i for i in range(8000)) + b"9,caf\xe9\n")
-    with pytest.raises(TextuneError, match=r"in\.csv: not UTF-8 past its first 65536 bytes.*save the file as UTF-8"):
-        list(iter_table(path, 1000))
+    path.write_bytes(b"id,text\n" + b"".join(b"%d,plain text\n" % i for i in range(80_000)) + b"9,caf\xe9\n")
+    streamed = pd.concat(iter_table(path, 10_000))
+    pd.testing.assert_frame_equal(streamed, read_table(path))
+    assert streamed["text"].iloc[-1] == "café"

@@ -352,6 +352,7 @@ def run_baseline(
     if task is None or splits is None:
         data = prepare(recipe, tokens=False, features=False)
         task, splits = data.task, data.splits
+    task = copy.deepcopy(task)  # calibrated below: the next baseline sharing the task starts uncalibrated
     t_start = time.perf_counter()
     _Linear(task, splits["train"].targets, recipe.train.seed)  # an unsupported task fails before featurizing
     feats = FEATURIZERS[kind](splits, recipe, embed_model)
@@ -443,7 +444,8 @@ def run_cv_baseline(
     from textune.ensemble import from_space, to_space
 
     _check_kinds([kind])
-    task, k_folds = data.task, int(data.folds.max()) + 1
+    # calibrated below: the folds (copies of data.task) and the next baseline must start uncalibrated
+    task, k_folds = copy.deepcopy(data.task), int(data.folds.max()) + 1
     dst = Path(out or recipe.output.dir) / f"{recipe._stem}-baseline-{kind}-cv{k_folds}"
     _refuse_non_baseline(dst)
     t_start = time.perf_counter()

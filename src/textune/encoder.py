@@ -110,9 +110,13 @@ def load_encoder(
         run = Path(name)
         verify_run_dir(run)
         recipe = recipe_from_dict(layout.read_recipe_raw(run), str(run / layout.RECIPE))
+        from textune.models.fusion import is_fusion_dir
+
         path, allow_network = str(run / layout.MODEL), False
         trust_remote_code = recipe.model.trust_remote_code
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        if is_fusion_dir(path):  # textune's head: its encoder is saved on its own inside the model directory
+            path = str(run / layout.MODEL / "encoder")
         defaults = {"max_length": recipe.data.max_length, "text": recipe.data.text, "id": recipe.data.id}
     else:
         path = resolve_model_path(str(name))

@@ -176,6 +176,10 @@ def _quantize(fp32: Path, int8: Path, external: bool) -> None:
         quantize_dynamic(model, int8, weight_type=QuantType.QInt8, use_external_data_format=external)
 
 
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
 def export_onnx(model_dir: str | Path, out_dir: str | Path, int8: bool = False) -> dict[str, Any]:
     """Writes ``out_dir/model.onnx`` (fp32, from the model in ``model_dir`` as textune loads it) and with ``int8``
     ``out_dir/model.int8.onnx`` (dynamic quantisation, int8 weights), after checking that ONNX Runtime reproduces
@@ -217,18 +221,25 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, int8: bool = False) 
                 verbose=False,
             )
     except Exception as exc:  # the exporter's errors are many and long: one line, the first of them
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise TextuneError(
-            f"--onnx: torch.onnx.export failed for {model_dir} ({first}); export without --onnx"
-        ) from exc
+            f"--onnx: torch.onnx.export failed for {model_dir} ({_first_line(exc)}); export without --onnx"
+        ) from None
     with torch.no_grad():
         expected = wrapper(*(sample[n] for n in names)).numpy()
-    got = onnx_logits(path, {n: t.numpy() for n, t in sample.items()})
+    try:
+        got = onnx_logits(path, {n: t.numpy() for n, t in sample.items()})
+    except TextuneError:
+        raise
+    except Exception as exc:  # ONNX Runtime's own errors (an operator it lacks, a bad graph): one line
+        raise TextuneError(f"--onnx: ONNX Runtime cannot run the exported graph ({_first_line(exc)})") from None
     error = float(np.abs(got - expected).max())
     if error > _CHECK_TOLERANCE * max(1.0, float(np.abs(expected).max())):
         raise TextuneError(f"--onnx: ONNX Runtime's logits differ from PyTorch's by {error:.3g}; export without --onnx")
     files = {"model": ONNX_FILE}
     if int8:
-        _quantize(path, out_dir / INT8_FILE, external)
+        try:
+            _quantize(path, out_dir / INT8_FILE, external)
+        except Exception as exc:
+            raise TextuneError(f"--int8: quantisation failed ({_first_line(exc)}); export without --int8") from None
         files["int8"] = INT8_FILE
     return {**files, "inputs": names, "output": OUTPUT, "check_max_abs_error": error}

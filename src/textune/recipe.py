@@ -224,6 +224,16 @@ class ModelConfig(_Section):
         0, ge=0, description="Re-initialise the top N encoder layers before training (helps small datasets)."
     )
 
+    @model_validator(mode="after")
+    def _reinit_trains_its_layers(self) -> ModelConfig:
+        if self.reinit_layers and self.peft.method != "none":
+            # adapters would train against frozen random layers that merging (from the pretrained base) never sees
+            raise ValueError(
+                f"reinit_layers: {self.reinit_layers} re-drawn layers would stay frozen under peft.method "
+                f"{self.peft.method}; set reinit_layers to 0 or peft.method to none"
+            )
+        return self
+
 
 class EarlyStopping(_Section):
     metric: str | None = Field(None, description="Validation metric to watch; default: the task's main metric.")

@@ -31,6 +31,8 @@ def test_padding_never_changes_the_pooled_vector(pooling):
     torch.testing.assert_close(head.pool(noisy, mask), head.pool(hidden, mask))
     if pooling == "mean":
         torch.testing.assert_close(head.pool(hidden, mask)[0], hidden[0, :3].mean(0))
+    if pooling == "cls":
+        torch.testing.assert_close(head.pool(hidden, mask), hidden[:, 0])
 
 
 def test_attention_pooling_is_a_weighted_mean_that_learns_which_token_counts():
@@ -138,13 +140,40 @@ def test_layer_wise_decay_gives_each_depth_its_rate(recipe_factory):
     assert len(ratios) == 1  # the schedule scales every depth alike
 
 
-def test_selecting_on_validation_loss_keeps_the_lowest_loss_step_and_reports_the_task_metric(recipe_factory, tmp_path):
-    recipe = recipe_factory(train={"epochs": 3, "eval_every": 3, "early_stopping": {"metric": "loss"}})
+def test_selecting_on_validation_loss_keeps_the_lowest_loss_step_and_reports_the_task_metric(
+    recipe_factory, tmp_path, monkeypatch
+):
+    """Scripted evaluations where the lowest loss and the best accuracy fall on different steps."""
+    from textune.training import loop
+
+    script = iter([(0.9, 0.50), (0.4, 0.60), (0.6, 0.80), (0.7, 0.70)])  # (loss, accuracy): loss best at eval 2
+
+    def scripted(run, task, split, batch_size):
+        loss, accuracy = next(script, (0.8, 0.75))
+        return {"accuracy": accuracy, "loss": loss}
+
+    monkeypatch.setattr(loop, "evaluate", scripted)
+    recipe = recipe_factory(train={"max_steps": 12, "eval_every": 3, "early_stopping": {"metric": "loss"}})
     run = train(load_recipe(recipe), out=tmp_path / "run")
     summary = json.loads((run / "summary.json").read_text())
-    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    evals = [h for h in history if h.get("split") == "validation"]
-    assert len(evals) >= 3
-    assert summary["best_step"] == min(evals, key=lambda h: h["loss"])["step"]
+    assert summary["best_step"] == 6  # the second evaluation (steps 3, 6, 9, 12)
     assert (summary["main_metric"], summary["selected_on"]) == ("accuracy", "loss")
     assert "accuracy" in summary["validation"]
+
+
+def test_every_trainable_parameter_of_textunes_head_gets_a_gradient(recipe_factory):
+    """What DDP needs of a multi-process run: no trainable parameter left out of the graph (BERT's pooler is
+    unused under textune's head, so it is frozen)."""
+    from textune.models.build import build_model, fusion_spec
+    from textune.tasks import get_task
+
+    recipe = load_recipe(recipe_factory(model={"pooling": "attention", "multi_sample_dropout": 2}))
+    task = get_task("classification")(recipe)
+    task.labels = ["a", "b", "c"]
+    model, _ = build_model(recipe, {}, fusion_spec(recipe, task, None))
+    model.train()
+    ids = torch.randint(5, 100, (4, 9))
+    model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing
+    assert not any(p.requires_grad for p in model.encoder.pooler.parameters())

@@ -297,7 +297,7 @@ def iter_table(path: str | Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
     if fmt == "parquet" and path.is_file():
         yield from _iter_parquet(path, chunk_rows)
         return
-    if fmt in ("csv", "tsv") and path.is_file() and _utf8_head(path):
+    if fmt in ("csv", "tsv") and path.is_file() and _utf8_file(path):
         yield from _iter_csv(path, fmt, chunk_rows)
         return
     df = read_table(path)
@@ -305,20 +305,26 @@ def iter_table(path: str | Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
         yield df.iloc[start : start + chunk_rows]
 
 
-_UTF8_SAMPLE = 1 << 16
+def _utf8_file(path: Path, block: int = 1 << 20) -> bool:
+    """Whether the whole file is UTF-8 text (no BOM of UTF-16/32, no NUL): the files the chunked reader takes as
+    :func:`read_table` would. Read once in blocks through an incremental decoder: constant memory."""
+    import codecs
 
-
-def _utf8_head(path: Path, size: int = _UTF8_SAMPLE) -> bool:
-    """Whether the file starts as UTF-8 text (no BOM of UTF-16/32, no NUL): the files a chunked reader can take."""
+    decoder = codecs.getincrementaldecoder("utf-8-sig")()
     with open(path, "rb") as f:
-        head = f.read(size)
-    if not head or b"\x00" in head or any(head.startswith(bom) for bom, _ in _BOMS):
-        return False
-    try:
-        head.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        # Only a character cut by the sample's end is fine, and only where the sample is not the whole file.
-        return len(head) == size and exc.reason == "unexpected end of data"
+        head = f.read(block)
+        if not head or any(head.startswith(bom) for bom, _ in _BOMS):
+            return False
+        chunk = head
+        try:
+            while chunk:
+                if b"\x00" in chunk:
+                    return False
+                decoder.decode(chunk)
+                chunk = f.read(block)
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            return False
     return True
 
 
@@ -334,12 +340,7 @@ def _iter_csv(path: Path, fmt: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
                 chunk.columns = header
                 rows += len(chunk)
                 yield chunk
-    except UnicodeDecodeError as exc:
-        raise TextuneError(
-            f"{path}: not UTF-8 past its first {_UTF8_SAMPLE} bytes (a bad byte in the chunk read then: {exc.reason}); "
-            "save the file as UTF-8"
-        ) from None
-    except (pd.errors.ParserError, ValueError, csv.Error) as exc:
+    except (pd.errors.ParserError, ValueError, UnicodeDecodeError, csv.Error) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TextuneError(f"{path}: cannot be parsed as {fmt} ({first}); {_PARSE_ADVICE.get(fmt)}") from None
     if rows == 0:

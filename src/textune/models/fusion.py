@@ -80,6 +80,10 @@ class FusionModel(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.config = encoder.config  # PEFT and Accelerate look for .config
+        pooler = getattr(encoder, "pooler", None)
+        if isinstance(pooler, nn.Module):
+            # BERT/RoBERTa's pooler is never used here: frozen, so DDP does not wait for its gradients
+            pooler.requires_grad_(False)
         self.spec = spec
         self.fusion = FusionHead(
             encoder.config.hidden_size,

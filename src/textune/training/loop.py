@@ -368,7 +368,7 @@ class _Fit:
             "epoch": round(state.epoch + state.step_in_epoch / self.steps_per_epoch, 4),
             "split": "train",
             "loss": self.window_loss / self.window_n,
-            "lr": self.run.scheduler.get_last_lr()[0],
+            "lr": max(self.run.scheduler.get_last_lr()),  # the peak (the head's, under layer-wise decay)
             "samples_per_s": self.window_n
             and self.rows_in_step * self.window_n / (time.perf_counter() - self.t_window),
         }

@@ -12,6 +12,7 @@ from transformers import (
     get_linear_schedule_with_warmup,
 )
 
+from textune.errors import TextuneError
 from textune.recipe import TrainConfig
 
 _SCHEDULES = {
@@ -34,14 +35,31 @@ def layer_depth(name: str, num_layers: int) -> int:
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     num_layers = int(getattr(getattr(model, "config", None), "num_hidden_layers", 0) or 0)
-    groups: dict[tuple[bool, int], list[torch.nn.Parameter]] = {}
+    decaying = cfg.layer_lr_decay < 1
+    if decaying and not num_layers:
+        raise TextuneError("train.layer_lr_decay: the model's config has no num_hidden_layers; set it to 1")
+    # the two groups of a run without layer-wise decay always exist (checkpoints hold both, even if one is empty)
+    groups: dict[tuple[bool, int], list[torch.nn.Parameter]] = (
+        {}
+        if decaying
+        else {
+            (True, num_layers + 1): [],
+            (False, num_layers + 1): [],
+        }
+    )
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         # Biases and normalisation weights are not decayed (the BERT recipe; decaying them hurts slightly).
         decayed = not (p.ndim < 2 or "norm" in name.lower())
-        depth = layer_depth(name, num_layers) if cfg.layer_lr_decay < 1 and num_layers else num_layers + 1
+        depth = layer_depth(name, num_layers) if decaying else num_layers + 1
         groups.setdefault((decayed, depth), []).append(p)
+    if decaying and not any(0 < depth <= num_layers for _, depth in groups):
+        # e.g. ALBERT's one shared layer: every weight would train at the head's rate
+        raise TextuneError(
+            "train.layer_lr_decay: no trainable parameter of this architecture is named by layer "
+            "(layer.N / layers.N / block.N); set it to 1"
+        )
     param_groups = [
         {
             "params": params,
