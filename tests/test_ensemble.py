@@ -172,6 +172,25 @@ def test_preference_blend_stays_symmetric_and_sums_to_one():
         np.testing.assert_allclose(task.predictions(straight, proba=True).sum(axis=1), 1.0, atol=1e-9)
 
 
+def test_greedy_selection_scores_members_as_calibrated():
+    """The ensemble is reported calibrated, so its selection scores calibrated too: a member whose probabilities
+    are badly scaled but always right (a temperature makes it near perfect) must not lose to a confident, noisy one
+    (scored raw it does: gradient-boosted trees' over-confident probabilities were left out that way)."""
+    from textune.ensemble import greedy_selection
+
+    task = _task({"task": "preference"})
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, size=600)
+    truth = np.eye(3)[y]
+    timid = 0.05 * truth  # always right, barely confident
+    noisy = truth + rng.normal(scale=0.8, size=(600, 3))
+    raw = [task.metrics(m, y)["log_loss"] for m in (timid, noisy)]
+    assert raw[0] > raw[1]  # raw, the timid member scores worse
+    weights = greedy_selection(task, [to_space(task, m) for m in (timid, noisy)], y, "log_loss")
+    assert weights[0] > 0.9
+    assert task.calibration_state() == 1.0  # selection leaves the task uncalibrated
+
+
 def test_ordinal_levels_stay_ordered():
     task = _task({"task": "ordinal", "data": {"labels": ["A1", "A2", "B1", "B2"]}})
     task.load_state({"labels": ["A1", "A2", "B1", "B2"]})

@@ -346,12 +346,21 @@ def greedy_selection(
     """Ensemble selection with replacement (Caruana et al. 2004): start empty, add the member whose addition gives
     the best ``metric``, ``rounds`` times; the weights are the counts of the best-scoring prefix, over its length.
 
+    Each candidate is scored as the task will report the ensemble: after fitting its calibration (a preference
+    temperature, multi-label thresholds) on these rows. Scored raw, an over-confident member that calibration would
+    fix (gradient-boosted trees' probabilities) looks worst and is left out.
+
     Ties go to the member that scores best alone, then to the first one given.
     """
     sign = 1.0 if task.direction(metric) == "max" else -1.0
+    fresh = task.calibration_state()
 
     def score(values: np.ndarray) -> float:
-        value = task.metrics(from_space(task, values), targets)[metric]
+        outputs = from_space(task, values)
+        task.set_calibration_state(fresh)
+        task.fit_calibration(outputs, targets)
+        value = task.metrics(outputs, targets)[metric]
+        task.set_calibration_state(fresh)
         return sign * value if np.isfinite(value) else -np.inf
 
     alone = [score(s) for s in spaces]
