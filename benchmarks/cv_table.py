@@ -6,7 +6,7 @@ they would slow each other down), timed from outside:
 
     textune baseline recipes/R.yaml --folds K --kind tfidf --kind gbdt --kind embedding --out OUT/R
     textune train    recipes/R.yaml --folds K --out OUT/R/finetune
-    textune ensemble OUT/R/finetune OUT/R/R-baseline-*-cvK --out OUT/R/ensemble
+    textune ensemble OUT/R/finetune OUT/R/R-baseline-*-cvK --method greedy|stack --out OUT/R/ensemble-METHOD
 
     .venv/bin/python benchmarks/cv_table.py run --folds 5 --out runs/cv_table [--recipes ag_news,cefr_levels]
     .venv/bin/python benchmarks/cv_table.py table --out runs/cv_table      # the markdown table, from the summaries
@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TEXTUNE = [sys.executable, "-m", "textune.cli"]
 RECIPES = ("ag_news", "cefr_levels", "llm_preference", "product_price")
 KINDS = ("tfidf", "gbdt", "embedding")
+METHODS = ("greedy", "stack")  # Caruana selection / non-negative stacking, both fitted on OOF rows
 
 
 def _run(cmd: list[str], times: dict, key: str, out: Path, done: Path) -> None:
@@ -67,9 +68,10 @@ def run(args: argparse.Namespace) -> None:
             finetune,
         )
         members = [finetune] + [task_dir / f"{name}-baseline-{kind}-cv{k}" for kind in KINDS]
-        ensemble = task_dir / "ensemble"
-        cmd = [*TEXTUNE, "ensemble", *map(str, members), "--out", str(ensemble)]
-        _run(cmd, times, f"{name}/ensemble", out, ensemble)
+        for method in METHODS:
+            ensemble = task_dir / f"ensemble-{method}"
+            cmd = [*TEXTUNE, "ensemble", *map(str, members), "--method", method, "--out", str(ensemble)]
+            _run(cmd, times, f"{name}/ensemble-{method}", out, ensemble)
     table(args)
 
 
@@ -79,6 +81,11 @@ def _cell(summary: dict, metric: str) -> tuple[str, float | None, float | None]:
     if mean is None:
         return "n/a", None, None
     return f"{mean:.4f} +- {std:.4f}", mean, std
+
+
+def _short(member: str, name: str) -> str:
+    """'ag_news-baseline-tfidf-cv5' -> 'tfidf'."""
+    return re.sub(r"-cv\d+$", "", member.removeprefix(f"{name}-baseline-"))
 
 
 def table(args: argparse.Namespace) -> None:
@@ -104,7 +111,7 @@ def table(args: argparse.Namespace) -> None:
             for kind in KINDS
         ]
         rows += [("fine-tune (one model per fold)", task_dir / "finetune", f"{name}/finetune")]
-        rows += [("ensemble (greedy, on OOF)", task_dir / "ensemble", f"{name}/ensemble")]
+        rows += [(f"ensemble ({m}, on OOF)", task_dir / f"ensemble-{m}", f"{name}/ensemble-{m}") for m in METHODS]
         print(
             f"### {name}: {metric} ({'higher' if direction == 'max' else 'lower'} is better), "
             f"{finetune['folds']}-fold CV, {finetune['train_rows']} rows\n"
@@ -124,21 +131,26 @@ def table(args: argparse.Namespace) -> None:
                 weights = (
                     " (weights: "
                     + ", ".join(
-                        f"{Path(m['path']).name} {m['weight']:.2f}" for m in summary["members"] if m["weight"] > 0
+                        f"{_short(Path(m['path']).name, name)} {m['weight']:.2f}"
+                        for m in summary["members"]
+                        if m["weight"] > 0
                     )
                     + ")"
                 )
             print(f"| {label}{weights} | {text} | {pooled:.4f} | {times.get(key, float('nan')):.0f} |")
         sign = 1 if direction == "max" else -1
         base = [cells[f"baseline: {k}"] for k in KINDS if cells.get(f"baseline: {k}", (None,))[0] is not None]
-        if base and cells.get("ensemble (greedy, on OOF)", (None,))[0] is not None:
+        print()
+        for m in METHODS:
+            ens = cells.get(f"ensemble ({m}, on OOF)", (None,))[0]
+            if not base or ens is None:
+                continue
             best_mean, best_std = max(base, key=lambda c: sign * c[0])
-            ens = cells["ensemble (greedy, on OOF)"][0]
             margin = sign * (ens - best_mean)
             print(
-                f"\nensemble vs strongest baseline: {margin:+.4f} "
-                f"({margin / best_std if best_std else float('inf'):+.1f} "
-                f"of its std); goal > 1 std: {'met' if margin > best_std else 'NOT met'}"
+                f"ensemble ({m}) vs strongest baseline: {margin:+.4f} "
+                f"({margin / best_std if best_std else float('inf'):+.2f} of its std); "
+                f"goal > 1 std: {'met' if margin > best_std else 'NOT met'}"
             )
         tfidf, single = cells.get("baseline: tfidf"), cells.get("fine-tune (one model per fold)")
         if tfidf and single and tfidf[0] is not None and single[0] is not None:

@@ -138,6 +138,22 @@ def _load_fusion(recipe: Recipe, spec: dict[str, Any]) -> torch.nn.Module:
     return FusionModel(encoder, spec)
 
 
+def _pretrained(
+    recipe: Recipe, task_kwargs: dict[str, Any], fusion: dict[str, Any] | None, dropout: float | None = None
+) -> torch.nn.Module:
+    """The pretrained backbone with textune's head (``fusion``) or the architecture's own."""
+    if fusion is not None:
+        return _load_fusion(recipe, fusion)
+    model, _ = load_classifier(
+        recipe.model.name,
+        task_kwargs,
+        allow_network=recipe.model.allow_network,
+        trust_remote_code=recipe.model.trust_remote_code,
+        dropout=dropout,
+    )
+    return model
+
+
 def load_model_dir(path: Path) -> torch.nn.Module:
     """A saved model directory: the fusion model, or the architecture's own sequence-classification model."""
     from transformers import AutoModelForSequenceClassification
@@ -160,16 +176,7 @@ def build_model(
 
     def build() -> torch.nn.Module:
         seed_everything(recipe.train.seed)  # same head initialisation whatever ran before
-        if fusion is not None:
-            model = _load_fusion(recipe, fusion)
-        else:
-            model, _ = load_classifier(
-                recipe.model.name,
-                task_kwargs,
-                allow_network=recipe.model.allow_network,
-                trust_remote_code=recipe.model.trust_remote_code,
-                dropout=recipe.model.dropout,
-            )
+        model = _pretrained(recipe, task_kwargs, fusion, dropout=recipe.model.dropout)
         reinit_top_layers(model, recipe.model.reinit_layers)
         return model
 
@@ -257,15 +264,8 @@ def merge_adapter(adapter: Path, recipe: Recipe, task_kwargs: dict[str, Any]) ->
     from textune.models.fusion import FUSION_JSON
 
     seed_everything(recipe.train.seed)
-    if (adapter / FUSION_JSON).is_file():
-        base = _load_fusion(recipe, json.loads((adapter / FUSION_JSON).read_text()))
-    else:
-        base, _ = load_classifier(
-            recipe.model.name,
-            task_kwargs,
-            allow_network=recipe.model.allow_network,
-            trust_remote_code=recipe.model.trust_remote_code,
-        )
+    spec = json.loads((adapter / FUSION_JSON).read_text()) if (adapter / FUSION_JSON).is_file() else None
+    base = _pretrained(recipe, task_kwargs, spec)
     try:
         model = PeftModel.from_pretrained(base, adapter)
     except (OSError, ValueError) as exc:
