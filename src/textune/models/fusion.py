@@ -19,6 +19,14 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 FUSION_JSON = "fusion.json"
 
 
+def pool_tokens(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.Tensor:
+    """One vector per row: the first token (``cls``) or the mean over the row's real tokens (``mean``)."""
+    if how == "cls":
+        return hidden[:, 0]
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
 class FusionHead(nn.Module):
     def __init__(
         self,
@@ -52,13 +60,11 @@ class FusionHead(nn.Module):
 
     def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """One vector per row from the encoder's tokens: the first token, the masked mean, or learned weights."""
-        if self.pooling == "cls":
-            return hidden[:, 0]
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         if self.pooling == "attention":
+            mask = attention_mask.unsqueeze(-1)
             scores = self.attention(hidden).float().masked_fill(mask == 0, torch.finfo(torch.float32).min)
             return (torch.softmax(scores, dim=1).to(hidden.dtype) * hidden).sum(1)
-        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return pool_tokens(hidden, attention_mask, self.pooling)
 
     def forward(self, text: torch.Tensor, numeric: torch.Tensor | None, categorical: torch.Tensor | None):
         parts = [text]

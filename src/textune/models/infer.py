@@ -16,6 +16,7 @@ import torch
 
 from textune.data.batching import collate, inference_batches, to_device
 from textune.data.tokenize import Encoded
+from textune.models.fusion import pool_tokens
 
 
 def autocast_for(device: torch.device, precision: str):
@@ -78,10 +79,7 @@ def infer_logits(
 def _pool(pooling: str) -> Callable[[Any, dict[str, torch.Tensor]], torch.Tensor]:
     def read(out, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         hidden = out.last_hidden_state.float()  # pool in fp32 whatever the autocast: sums over 512 tokens lose bits
-        if pooling == "cls":
-            return hidden[:, 0]
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        return pool_tokens(hidden, batch["attention_mask"], pooling)
 
     return read
 
