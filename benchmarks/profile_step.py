@@ -21,6 +21,7 @@ import torch
 from textune.data.batching import collate, train_steps
 from textune.data.tokenize import tokenize
 from textune.models.backbone import load_classifier, load_tokenizer, resolve_model_path
+from textune.models.dropout import use_fast_dropout
 from textune.recipe import TrainConfig
 from textune.training.optim import build_optimizer
 
@@ -46,8 +47,8 @@ def kind_of(name: str) -> str:
     return "other"
 
 
-def matmul_peak(n: int = 1024, seconds: float = 2.0) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_peak(n: int = 1024, seconds: float = 2.0, dtype: torch.dtype = torch.float32) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b
     best, t_end = float("inf"), time.perf_counter() + seconds
     while time.perf_counter() < t_end:
@@ -68,6 +69,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast, as Accelerate does")
+    p.add_argument("--native-dropout", action="store_true", help="Keep torch's dropout (textune swaps it on CPU)")
     p.add_argument("--top", type=int, default=0, help="Also print the N aten ops with the most self time.")
     args = p.parse_args()
 
@@ -77,6 +80,8 @@ def main() -> None:
     encoded, _ = tokenize(tokenizer, df["text"].tolist(), args.max_length)
     targets = df["label"].astype(str).map(labels).to_numpy()
     model, _ = load_classifier(args.model, {"num_labels": len(labels)})
+    if not args.native_dropout:
+        use_fast_dropout(model)
     cfg = TrainConfig(lr=5e-5)
     optimizer = build_optimizer(model, cfg, torch.device("cpu"))
     fwd = torch.compile(model) if args.compile else model
@@ -88,8 +93,10 @@ def main() -> None:
         tokens = 0
         for mb in step:
             batch = collate(encoded, mb, pad_id)
-            out = fwd(**batch).logits
-            torch.nn.functional.cross_entropy(out, torch.from_numpy(targets[mb])).backward()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+                out = fwd(**batch).logits
+                loss = torch.nn.functional.cross_entropy(out.float(), torch.from_numpy(targets[mb]))
+            loss.backward()
             tokens += int(batch["attention_mask"].sum())
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -113,15 +120,16 @@ def main() -> None:
     total = sum(by_kind.values())
     rows = sum(len(mb) for step in chosen for mb in step)
     padded = sum(len(mb) * int(encoded.lengths[mb].max()) for step in chosen for mb in step)
-    peak = matmul_peak()
+    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+    peak = matmul_peak(2048, dtype=dtype)
     achieved = 6 * non_embedding * tokens / wall
     print(
         f"{len(chosen)} steps, {rows} rows, {tokens} tokens ({tokens / padded:.1%} of padded), {wall:.1f} s, "
         f"{rows / wall:.1f} samples/s, {torch.get_num_threads()} threads"
     )
     print(
-        f"model FLOPs {achieved / 1e9:.1f} GFLOP/s = {achieved / peak:.1%} of the fp32 matmul peak "
-        f"({peak / 1e9:.1f} GFLOP/s, 1024^2)"
+        f"model FLOPs {achieved / 1e9:.1f} GFLOP/s = {achieved / peak:.1%} of the {args.precision} matmul peak "
+        f"({peak / 1e9:.1f} GFLOP/s, 2048^2)"
     )
     print("| kind of work | share of op time |\n| --- | ---: |")
     for kind, t in sorted(by_kind.items(), key=lambda kv: -kv[1]):

@@ -104,3 +104,66 @@ def test_a_bad_byte_deep_in_a_file_is_read_as_the_whole_file_reader_reads_it(tmp
     streamed = pd.concat(iter_table(path, 10_000))
     pd.testing.assert_frame_equal(streamed, read_table(path))
     assert streamed["text"].iloc[-1] == "café"
+
+
+def _predict_cli(*args, cwd):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "textune.cli", "predict", *map(str, args)],
+        cwd=cwd,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_two_processes_write_the_table_of_one(predictor, rows, tmp_path):
+    """--processes 2 (torchrun, gloo): chunks 0, 2, 4... in one process, 1, 3, 5... in the other, joined in file
+    order: the table one process writes; no parts folder left behind."""
+    path = tmp_path / "in.csv"
+    rows.to_csv(path, index=False, quoting=csv.QUOTE_NONNUMERIC)
+    one, two = tmp_path / "one.csv", tmp_path / "two.csv"
+    predictor.predict_file(path, one, proba=True, chunk_rows=7)
+    done = _predict_cli(
+        predictor.run_dir,
+        "--input",
+        path,
+        "--output",
+        two,
+        "--proba",
+        "--chunk-rows",
+        7,
+        "--processes",
+        2,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"{len(rows)} predictions written" in done.stdout and done.stdout.count("predictions written") == 1
+    # the same table; probabilities to float tolerance (torchrun gives each process one thread: other sum orders)
+    pd.testing.assert_frame_equal(pd.read_csv(two), pd.read_csv(one), check_exact=False, atol=1e-6)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "one.csv", "two.csv"]
+
+
+def test_two_processes_refuse_a_repeated_id_and_write_nothing(predictor, rows, tmp_path):
+    rows.loc[40, "id"] = rows.loc[3, "id"]
+    path = tmp_path / "in.csv"
+    rows.to_csv(path, index=False, quoting=csv.QUOTE_NONNUMERIC)
+    done = _predict_cli(
+        predictor.run_dir,
+        "--input",
+        path,
+        "--output",
+        tmp_path / "out.csv",
+        "--chunk-rows",
+        7,
+        "--processes",
+        2,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2
+    assert "duplicate id(s) (first: 'n00003'" in done.stderr and "Traceback" not in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]

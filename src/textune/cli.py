@@ -243,16 +243,59 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     check_output_file(args.output, inputs=[args.input, args.run], what="--output")
+    if args.processes > 1 and "WORLD_SIZE" not in os.environ:
+        return _launch_predict(args)
     _progress(args, f"loading {args.run} ...")
     from tqdm.auto import tqdm
 
     from textune.predict import Predictor
+    from textune.training.launch import rank, world_size
 
-    predictor = Predictor.load(args.run, precision=args.precision)
+    shard, device = None, None
+    if world_size() > 1:  # one of --processes N: its share of the chunks, on its own GPU where there are GPUs
+        import torch
+
+        shard = (rank(), world_size())
+        device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
+    predictor = Predictor.load(args.run, device=device, precision=args.precision)
     # streamed in chunks: memory is bounded by --chunk-rows, the output appears atomically at the end
-    with tqdm(desc="predict", unit="row", disable=not sys.stderr.isatty(), dynamic_ncols=True) as bar:
-        n = predictor.predict_file(args.input, args.output, proba=args.proba, chunk_rows=args.chunk_rows, progress=bar)
-    print(f"{n} predictions written to {args.output}")
+    show = sys.stderr.isatty() and rank() == 0
+    with tqdm(desc="predict", unit="row", disable=not show, dynamic_ncols=True) as bar:
+        n = predictor.predict_file(
+            args.input, args.output, proba=args.proba, chunk_rows=args.chunk_rows, progress=bar, shard=shard
+        )
+    if rank() == 0:
+        print(f"{n} predictions written to {args.output}")
+    return 0
+
+
+def _launch_predict(args: argparse.Namespace) -> int:
+    """``predict --processes N``: the same command in N processes (torchrun, as training), each predicting every
+    N-th chunk; rank 0 joins the parts. The run and the whole input are checked here first, so that bad input is
+    one line from this process; a failed process leaves neither the output nor the parts behind."""
+    import shutil
+
+    from textune.predict import Predictor
+    from textune.training.launch import relaunch
+
+    _progress(args, f"checking {args.input} against {args.run} ...")
+    Predictor.load(args.run, device="cpu", precision=args.precision).check_file(args.input, args.chunk_rows)
+
+    argv = ["predict", args.run, "--input", args.input, "--output", args.output, "--chunk-rows", str(args.chunk_rows)]
+    if args.proba:
+        argv.append("--proba")
+    if args.precision:
+        argv += ["--precision", args.precision]
+    if args.allow_pickle:
+        argv.append("--allow-pickle")
+    code = relaunch(args.processes, argv)
+    if code != 0:
+        out = Path(args.output)
+        shutil.rmtree(out.parent / f".{out.name}.textune-parts", ignore_errors=True)
+        raise TextuneError(
+            f"predict --processes {args.processes}: a process failed (its message is above); "
+            f"nothing was written to {args.output}"
+        )
     return 0
 
 
@@ -576,6 +619,13 @@ def _add_predict(sub) -> None:
         "--precision",
         choices=["fp32", "bf16", "fp16"],
         help="inference precision (default: the run's own, fp32 where this machine lacks native bf16)",
+    )
+    s.add_argument(
+        "--processes",
+        type=_int_at_least(1, " (1 predicts in this process)"),
+        default=1,
+        metavar="N",
+        help="shard the chunks over N processes (torchrun, as training; one GPU each where there are GPUs)",
     )
     _allow_pickle_arg(s)
     s.set_defaults(func=cmd_predict)

@@ -220,7 +220,14 @@ class Predictor:
         return prediction_frame(self.task, df, logits, id_col, proba=proba, with_targets=False)
 
     def predict_file(
-        self, input: str | Path, output: str | Path, *, proba: bool = False, chunk_rows: int = 20_000, progress=None
+        self,
+        input: str | Path,
+        output: str | Path,
+        *,
+        proba: bool = False,
+        chunk_rows: int = 20_000,
+        progress=None,
+        shard: tuple[int, int] | None = None,
     ) -> int:
         """Streams a file: rows are read, tokenized and predicted ``chunk_rows`` at a time (memory bounded by the
         chunk), appended to a temporary file, and the submission appears at ``output`` atomically at the end.
@@ -231,48 +238,116 @@ class Predictor:
             proba: add one probability column per class.
             chunk_rows: rows per chunk.
             progress: a tqdm-like bar updated with the rows done (or None).
+            shard: ``(rank, world)`` under torchrun (``textune predict --processes N``): every process reads and
+                checks the whole file, predicts chunks ``rank, rank + world, ...`` into a parts folder beside
+                ``output``, and rank 0 joins the parts in file order once all are done (torch.distributed barrier).
 
         Returns:
-            The number of rows predicted.
+            The number of rows in the file.
 
         Raises:
             TextuneError: a missing column, a repeated or missing id (anywhere in the file), an unreadable file;
                 nothing is written then.
         """
         from textune import _atomic
+
+        rank, world = shard or (0, 1)
+        chunks = self._predicted_chunks(input, chunk_rows, proba, progress, rank, world)
+        if world == 1:
+            n = 0
+
+            def write(tmp: Path) -> None:
+                nonlocal n
+                with open(tmp, "w", encoding="utf-8", newline="") as f:
+                    for _, frame, rows in chunks:
+                        frame.to_csv(f, header=n == 0, index=False, quoting=_atomic.csv_quoting(frame))
+                        n += rows
+
+            _atomic.write_with(Path(output), write)
+            return n
+        return _write_sharded(Path(output), chunks, rank)
+
+    def check_file(self, input: str | Path, chunk_rows: int = 20_000) -> int:
+        """Reads ``input`` in chunks as :meth:`predict_file` does and raises its errors (columns, ids), predicting
+        nothing; returns the row count. ``predict --processes N`` calls it before launching the processes."""
+        return sum(rows for _, _, rows in self._predicted_chunks(input, chunk_rows, False, None, -1, 1))
+
+    def _predicted_chunks(self, input, chunk_rows: int, proba: bool, progress, rank: int, world: int):
+        """Yields ``(index, submission frame or None, rows)`` per chunk of ``input``: every chunk is checked (ids
+        unique across the whole file), chunks ``rank::world`` are predicted (none for rank -1)."""
         from textune.data.io import iter_table, rows_ref
 
         id_col = self.recipe.data.id
         seen: set = set()
         n = 0
+        for i, chunk in enumerate(iter_table(input, chunk_rows)):
+            for col, key in self.task.input_columns().items():
+                require_columns(chunk, [col], input, f"the run's {key}")
+            if id_col:
+                require_columns(chunk, [id_col], input, "the run's data.id (submissions are keyed by it)")
+                ids = chunk[id_col]
+                repeated = ids.duplicated() | ids.isin(seen)
+                if repeated.any():
+                    first = int(np.flatnonzero(repeated.to_numpy())[0])
+                    raise TextuneError(
+                        f"{input}: column '{id_col}' has {int(repeated.sum())} duplicate id(s) (first: "
+                        f"{ids.iloc[first]!r} at {rows_ref([first + n])}); ids must be unique"
+                    )
+                seen.update(ids.tolist())
+            frame = None
+            if i % world == rank:
+                frame = self.submission(chunk.reset_index(drop=True), proba=proba, source=str(input))
+                if not id_col:  # row numbers of the whole file, not of the chunk
+                    frame["id"] += n
+                if progress is not None:
+                    progress.update(len(frame))
+            yield i, frame, len(chunk)
+            n += len(chunk)
 
-        def write(tmp: Path) -> None:
-            nonlocal n
-            with open(tmp, "w", encoding="utf-8", newline="") as f:
-                for chunk in iter_table(input, chunk_rows):
-                    for col, key in self.task.input_columns().items():
-                        require_columns(chunk, [col], input, f"the run's {key}")
-                    if id_col:
-                        require_columns(chunk, [id_col], input, "the run's data.id (submissions are keyed by it)")
-                        ids = chunk[id_col]
-                        repeated = ids.duplicated() | ids.isin(seen)
-                        if repeated.any():
-                            first = int(np.flatnonzero(repeated.to_numpy())[0])
-                            raise TextuneError(
-                                f"{input}: column '{id_col}' has {int(repeated.sum())} duplicate id(s) (first: "
-                                f"{ids.iloc[first]!r} at {rows_ref([first + n])}); ids must be unique"
-                            )
-                        seen.update(ids.tolist())
-                    frame = self.submission(chunk.reset_index(drop=True), proba=proba, source=str(input))
-                    if not id_col:  # row numbers of the whole file, not of the chunk
-                        frame["id"] += n
-                    frame.to_csv(f, header=n == 0, index=False, quoting=_atomic.csv_quoting(frame))
-                    n += len(frame)
-                    if progress is not None:
-                        progress.update(len(frame))
 
-        _atomic.write_with(Path(output), write)
+def _write_sharded(output: Path, chunks, rank: int) -> int:
+    """One process's share of a sharded prediction: its chunks into ``.OUTPUT.textune-parts/``, then (rank 0) the
+    parts joined in file order into ``output``, atomically. Returns the file's row count."""
+    import shutil
+
+    import torch.distributed as dist
+
+    from textune import _atomic
+
+    owned = not dist.is_initialized()
+    if owned:
+        dist.init_process_group("gloo")
+    parts = output.parent / f".{output.name}.textune-parts"
+    try:
+        if rank == 0:
+            shutil.rmtree(parts, ignore_errors=True)  # a crashed earlier attempt's leftovers
+            parts.mkdir(parents=True)
+        dist.barrier()
+        n = 0
+        for i, frame, rows in chunks:
+            if frame is not None:
+                _atomic.write_with(
+                    parts / f"{i:08d}.csv",
+                    lambda tmp, f=frame, first=i == 0: f.to_csv(
+                        tmp, header=first, index=False, quoting=_atomic.csv_quoting(f)
+                    ),
+                )
+            n += rows
+        dist.barrier()
+        if rank == 0:
+
+            def join(tmp: Path) -> None:
+                with open(tmp, "wb") as out:
+                    for part in sorted(parts.glob("*.csv")):
+                        with open(part, "rb") as f:
+                            shutil.copyfileobj(f, out)
+
+            _atomic.write_with(output, join)
+            shutil.rmtree(parts, ignore_errors=True)
         return n
+    finally:
+        if owned:
+            dist.destroy_process_group()
 
 
 def prediction_frame(

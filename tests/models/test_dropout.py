@@ -1,0 +1,100 @@
+"""The CPU dropout: the Bernoulli mask it draws, its scaling and gradient, and the attention function that applies it
+to attention probabilities (equal to SDPA where nothing is dropped, eager dropout attention where something is)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from textune.models.dropout import FastDropout, _attention, fast_dropout, keep_mask, use_fast_dropout
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.02])
+def test_mask_keeps_one_minus_p_and_lanes_are_independent(p):
+    torch.manual_seed(0)
+    mask = keep_mask(torch.Size([1000, 1003]), p, torch.device("cpu"))  # odd size: the last draw is partly used
+    assert mask.shape == (1000, 1003) and mask.dtype == torch.bool
+    assert abs(mask.float().mean().item() - (1 - p)) < 0.002  # 1M draws: 4 standard deviations at p = 0.5
+    # the four 16-bit lanes of one 64-bit draw: neighbours must not be correlated
+    lanes = mask.flatten()[: 1000 * 1000].view(-1, 4).float()
+    corr = torch.corrcoef(lanes.T)
+    assert (corr - torch.eye(4)).abs().max().item() < 0.01
+
+
+def test_mask_follows_the_seed():
+    torch.manual_seed(3)
+    a = keep_mask(torch.Size([64, 65]), 0.3, torch.device("cpu"))
+    torch.manual_seed(3)
+    b = keep_mask(torch.Size([64, 65]), 0.3, torch.device("cpu"))
+    c = keep_mask(torch.Size([64, 65]), 0.3, torch.device("cpu"))
+    assert torch.equal(a, b) and not torch.equal(b, c)
+
+
+def test_fast_dropout_scales_survivors_and_its_gradient_is_the_mask():
+    x = (torch.rand(200, 300) + 1.0).requires_grad_()  # no zeros of its own
+    torch.manual_seed(1)
+    y = fast_dropout(x, 0.25)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.75) < 0.01
+    torch.testing.assert_close(y[kept], x[kept] / 0.75)
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, kept.float() / 0.75)
+    assert fast_dropout(x, 0.25, training=False) is x
+    assert torch.equal(fast_dropout(x, 1.0), torch.zeros_like(x))
+
+
+@pytest.mark.parametrize("bool_mask", [True, False])
+def test_attention_equals_sdpa_when_nothing_is_dropped(bool_mask):
+    """A drop probability below 1/65536 keeps every element: then the eager path must be SDPA's attention
+    (same masking convention, same scaling), for boolean and additive masks alike."""
+    module = torch.nn.Module()
+    module.is_causal = False
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 7, 8) for _ in range(3))
+    keep = torch.ones(2, 1, 7, 7, dtype=torch.bool)
+    keep[0, ..., 4:] = False  # the first row's last 3 tokens are padding
+    mask = keep if bool_mask else torch.zeros(keep.shape).masked_fill(~keep, torch.finfo(torch.float32).min)
+    expected, _ = sdpa_attention_forward(module, q, k, v, mask, 0.0, None)
+    got, _ = _attention(module, q, k, v, mask, 1e-9, None)
+    torch.testing.assert_close(got, expected)
+
+
+def test_attention_drops_probabilities_like_eager_dropout():
+    module = torch.nn.Module()
+    module.is_causal = False
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 7, 8) for _ in range(3))
+    torch.manual_seed(5)
+    got, _ = _attention(module, q, k, v, None, 0.3, 0.5)
+    torch.manual_seed(5)
+    probs = torch.softmax(q @ k.transpose(2, 3) * 0.5, dim=-1)
+    expected = (probs * keep_mask(probs.shape, 0.3, probs.device) / 0.7) @ v
+    torch.testing.assert_close(got, expected.transpose(1, 2))
+
+
+def test_swapped_model_predicts_the_same_and_trains_with_the_attention_function(tiny_model):
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=3).eval()
+    reference = copy.deepcopy(model)
+    swapped = use_fast_dropout(model)
+    assert swapped == sum(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in reference.modules())
+    assert swapped and all(type(m) is not torch.nn.Dropout for m in model.modules() if getattr(m, "p", 0) > 0)
+    assert model.config._attn_implementation == "textune_sdpa"
+    ids = torch.randint(5, 100, (3, 11))
+    attention = torch.ones(3, 11, dtype=torch.long)
+    attention[1, 6:] = 0
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids, attention).logits, reference(ids, attention).logits)
+    model.train()
+    torch.manual_seed(0)
+    a = model(ids, attention).logits
+    torch.manual_seed(0)
+    b = model(ids, attention).logits
+    c = model(ids, attention).logits
+    assert torch.equal(a, b) and not torch.equal(b, c)  # dropout is on, and follows the seed
+    a.sum().backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if "pooler" not in n)
+    assert isinstance(model.bert.embeddings.dropout, FastDropout)
