@@ -15,7 +15,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("textune.recipe", "textune.device"),
     ("textune.data", "textune.report.plots"),  # data knows no task and no model
     ("textune.tasks", "textune.models", "textune.run"),
-    ("textune.encoder", "textune.safe_paths"),
+    # onnx_export: the ONNX graph of a model directory and its runtime (export --onnx, predict --engine onnx)
+    ("textune.encoder", "textune.safe_paths", "textune.onnx_export"),
     ("textune.features",),
     ("textune.prepare",),  # the one data path: task, splits, tokens, features
     # ensemble: the fold ensemble that Predictor.load dispatches to (it does not import predict: no circle)
@@ -26,7 +27,6 @@ LAYERS: list[tuple[str, ...]] = [
         "textune.check",
         "textune.tune",
         "textune.export",
-        "textune.onnx_export",  # export --onnx: imported by export only
         "textune.embed",
         "textune.params",
         "textune.serve",

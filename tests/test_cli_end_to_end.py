@@ -47,7 +47,13 @@ def test_check_plans_the_batches_that_training_runs(recipe_factory, tmp_path, ca
 
 
 def test_train_evaluate_predict(recipe_factory, news, tmp_path, capsys):
-    recipe = recipe_factory(data={"validation": str(news["valid"]), "test": str(news["test"])}, train={"epochs": 3})
+    # mean pooling: the tiny random encoder then learns the topics on every seed tried (1.00 validation accuracy on 5
+    # seeds); its architecture head (CLS + pooler) stalls at two topics on about half the seeds
+    recipe = recipe_factory(
+        data={"validation": str(news["valid"]), "test": str(news["test"])},
+        model={"pooling": "mean"},
+        train={"epochs": 3},
+    )
     run = tmp_path / "run"
     assert main(["train", str(recipe), "--out", str(run)]) == 0
     out = capsys.readouterr().out
@@ -61,7 +67,8 @@ def test_train_evaluate_predict(recipe_factory, news, tmp_path, capsys):
         "summary.json",
         "report.html",
         "model/config.json",
-        "model/model.safetensors",
+        "model/encoder/model.safetensors",  # textune's head: the encoder, and the head beside it
+        "model/fusion.safetensors",
         "checkpoints/last/state.json",
         "plots/loss.png",
         "plots/metrics.png",
@@ -72,12 +79,14 @@ def test_train_evaluate_predict(recipe_factory, news, tmp_path, capsys):
         assert (run / name).is_file(), name
     summary = json.loads((run / "summary.json").read_text())
     # the synthetic topics are learnable: far above the 25% of chance after 3 short epochs
-    assert summary["validation"]["accuracy"] >= 0.6
-    assert summary["parameters"]["trainable"] == summary["parameters"]["total"] > 0
+    assert summary["validation"]["accuracy"] >= 0.9
+    # a full fine-tune: everything trains but BERT's pooler, which mean pooling does not use
+    total, trainable = summary["parameters"]["total"], summary["parameters"]["trainable"]
+    assert 0 < total - trainable < 0.1 * total
     assert summary["train_samples_per_s"] > 0
     manifest = json.loads((run / "manifest.json").read_text())
     assert set(manifest["data_sha256"]) == {"train", "validation", "test"}
-    assert "model/model.safetensors" in manifest["files_sha256"]
+    assert {"model/encoder/model.safetensors", "model/fusion.safetensors"} <= set(manifest["files_sha256"])
     assert json.loads((run / "task.json").read_text())["labels"] == [
         "Business",
         "Sci/Tech",
@@ -98,7 +107,7 @@ def test_train_evaluate_predict(recipe_factory, news, tmp_path, capsys):
     assert sub.columns.tolist() == ["id", "label"]
     assert sub["id"].tolist() == test["id"].tolist()
     assert set(sub["label"]) <= {"Business", "Sci/Tech", "Sports", "World"}
-    assert (sub["label"] == test["label"]).mean() >= 0.6
+    assert (sub["label"] == test["label"]).mean() >= 0.9
 
     proba_path = tmp_path / "proba.csv"
     assert main(["predict", str(run), "--input", str(news["test"]), "--output", str(proba_path), "--proba"]) == 0

@@ -150,3 +150,34 @@ def test_onnx_bad_flags_and_missing_packages(runs, tmp_path, capsys, monkeypatch
     line = fails(capsys, "export", runs["plain"], "--out", out, "--onnx")
     assert "pip install 'textune[onnx]'" in line
     assert not out.exists()
+
+
+@pytest.mark.parametrize("name", ["plain", "mean"])
+def test_predict_with_the_onnx_engine_equals_torch(exported, runs, name, tmp_path, capsys):
+    """``textune predict EXPORT --engine onnx``: textune's whole path (template, truncation, softmax, calibration)
+    around the ONNX graph: the PyTorch engine's probabilities within 1e-4; int8 writes the same rows."""
+    import pandas as pd
+
+    rows = make_news(30, seed=9)
+    rows.to_csv(tmp_path / "in.csv", index=False)
+    tables = {}
+    for engine in ("torch", "onnx", "onnx-int8"):
+        out = tmp_path / f"{engine}.csv"
+        args = ["predict", str(exported[name]), "--input", str(tmp_path / "in.csv"), "--output", str(out)]
+        assert main([*args, "--proba", "--engine", engine, "--precision", "fp32"]) == 0
+        tables[engine] = pd.read_csv(out)
+    probs = [c for c in tables["torch"].columns if c not in ("id", "label")]
+    assert len(probs) == 4 and tables["torch"]["id"].tolist() == rows["id"].tolist()
+    np.testing.assert_allclose(tables["onnx"][probs], tables["torch"][probs], atol=1e-4, rtol=0)
+    assert tables["onnx"]["label"].tolist() == tables["torch"]["label"].tolist()
+    assert tables["onnx-int8"]["id"].tolist() == rows["id"].tolist()
+    np.testing.assert_allclose(tables["onnx-int8"][probs].sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_onnx_engine_needs_an_onnx_export(runs, exported, tmp_path, capsys):
+    make_news(5).to_csv(tmp_path / "in.csv", index=False)
+    base = ["--input", tmp_path / "in.csv", "--output", tmp_path / "out.csv"]
+    line = fails(capsys, "predict", runs["plain"], *base, "--engine", "onnx")
+    assert "has no model.onnx" in line and "textune export" in line
+    assert "drop it" in fails(capsys, "predict", exported["plain"], *base, "--engine", "onnx", "--precision", "bf16")
+    assert not (tmp_path / "out.csv").exists()

@@ -118,6 +118,7 @@ def served(tmp_path_factory, tiny_model):
         tiny_model,
         files["train"],
         data={"validation": str(files["valid"])},
+        model={"pooling": "mean"},  # the tiny encoder learns the topics reliably with it (see test_cli_end_to_end)
         train={"max_steps": 40, "eval_every": None},
     )
     run, expected_csv = root / "run", root / "expected.csv"

@@ -257,7 +257,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
         shard = (rank(), world_size())
         device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
-    predictor = Predictor.load(args.run, device=device, precision=args.precision)
+    predictor = Predictor.load(args.run, device=device, precision=args.precision, engine=args.engine)
     # streamed in chunks: memory is bounded by --chunk-rows, the output appears atomically at the end
     show = sys.stderr.isatty() and rank() == 0
     with tqdm(desc="predict", unit="row", disable=not show, dynamic_ncols=True) as bar:
@@ -279,13 +279,15 @@ def _launch_predict(args: argparse.Namespace) -> int:
     from textune.training.launch import relaunch
 
     _progress(args, f"checking {args.input} against {args.run} ...")
-    Predictor.load(args.run, device="cpu", precision=args.precision).check_file(args.input, args.chunk_rows)
+    predictor = Predictor.load(args.run, device="cpu", precision=args.precision, engine=args.engine)
+    predictor.check_file(args.input, args.chunk_rows)
 
     argv = ["predict", args.run, "--input", args.input, "--output", args.output, "--chunk-rows", str(args.chunk_rows)]
     if args.proba:
         argv.append("--proba")
     if args.precision:
         argv += ["--precision", args.precision]
+    argv += ["--engine", args.engine]
     if args.allow_pickle:
         argv.append("--allow-pickle")
     code = relaunch(args.processes, argv)
@@ -626,6 +628,12 @@ def _add_predict(sub) -> None:
         default=1,
         metavar="N",
         help="shard the chunks over N processes (torchrun, as training; one GPU each where there are GPUs)",
+    )
+    s.add_argument(
+        "--engine",
+        choices=["torch", "onnx", "onnx-int8"],
+        default="torch",
+        help="onnx / onnx-int8: ONNX Runtime on the CPU, for a `textune export --onnx [--int8]` directory",
     )
     _allow_pickle_arg(s)
     s.set_defaults(func=cmd_predict)

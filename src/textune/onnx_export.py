@@ -150,6 +150,28 @@ def onnx_logits(onnx_path: Any, encoded_inputs: Mapping[str, Any], threads: int 
     return np.asarray(session.run([OUTPUT], feeds)[0], dtype=np.float32)
 
 
+class OnnxRuntimeModel(torch.nn.Module):
+    """An exported graph behind the PyTorch model's call (``model(input_ids=..., attention_mask=...).logits``), so
+    that textune's inference path (templates, truncation, chunk pooling, preference orders, calibration) runs on ONNX
+    Runtime unchanged: ``Predictor.load(export_dir, engine="onnx")``."""
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        super().__init__()
+        self.path = Path(path)
+        self.session = onnx_session(self.path, threads)
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None, **_):
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            batch["token_type_ids"] = token_type_ids
+        return _Output(torch.from_numpy(onnx_logits(self.session, batch)))
+
+
+class _Output:
+    def __init__(self, logits: torch.Tensor):
+        self.logits = logits
+
+
 def _sample(tokenizer, names: list[str]) -> dict[str, torch.Tensor]:
     """A padded batch of 2 rows of different lengths (not 1, which the exporter would fix as a constant)."""
     texts = ["an example", "a second and noticeably longer example sentence to trace the model with"]

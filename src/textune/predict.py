@@ -26,6 +26,25 @@ from textune.tasks import Task, get_task
 log = logging.getLogger(__name__)
 
 
+ENGINES = ("torch", "onnx", "onnx-int8")
+
+
+def _onnx_model(export_dir: Path, engine: str):
+    """The ONNX Runtime model of a ``textune export --onnx`` directory for ``engine`` (``onnx`` / ``onnx-int8``)."""
+    from textune.onnx_export import INT8_FILE, ONNX_FILE, OnnxRuntimeModel
+
+    if engine not in ENGINES:
+        raise TextuneError(f"engine '{engine}': expected one of {', '.join(ENGINES)}")
+    name = INT8_FILE if engine == "onnx-int8" else ONNX_FILE
+    path = export_dir / name
+    if not path.is_file():
+        flags = "--onnx --int8" if engine == "onnx-int8" else "--onnx"
+        raise TextuneError(
+            f"{export_dir}: has no {name}; engine '{engine}' runs an export: textune export RUN --out DIR {flags}"
+        )
+    return OnnxRuntimeModel(path, threads=torch.get_num_threads())
+
+
 def _read_meta(path: Path) -> tuple[dict, dict, dict | None, str | None, Path]:
     """(recipe, task state, feature statistics, precision, model directory) of a run or an exported directory."""
     if layout.is_export_dir(path):
@@ -78,13 +97,17 @@ class Predictor:
         self.precision = precision
 
     @classmethod
-    def load(cls, run_dir: str | Path, device: str | None = None, precision: str | None = None) -> Predictor:
+    def load(
+        cls, run_dir: str | Path, device: str | None = None, precision: str | None = None, engine: str = "torch"
+    ) -> Predictor:
         """Loads a run directory (after verifying its manifest checksums) or a ``textune export`` directory.
 
         Args:
             run_dir: the run or exported directory.
             device: ``cpu``, ``cuda``, ``cuda:1``... (default: cuda when available).
             precision: ``fp32``, ``bf16`` or ``fp16``; default: the precision the run evaluated with.
+            engine: ``torch``, or for a ``textune export --onnx`` directory ``onnx`` (its fp32 graph) or
+                ``onnx-int8`` (``--int8``'s graph) under ONNX Runtime on the CPU; the rest of the path is the same.
 
         Raises:
             TextuneError: the directory is missing, incomplete, from a newer textune or altered.
@@ -103,6 +126,8 @@ class Predictor:
         from textune.ensemble import is_combined_dir, load_combined
 
         if is_combined_dir(run_dir):  # a cross-validated run or a fitted ensemble: its members, combined
+            if engine != "torch":
+                raise TextuneError(f"{run_dir}: engine '{engine}' runs a single exported model; this is an ensemble")
             return load_combined(run_dir, cls, device=device, precision=precision)
         recipe_raw, state, features, saved_precision, model_dir = _read_meta(run_dir)
         recipe = recipe_from_dict(recipe_raw, str(run_dir / layout.RECIPE))
@@ -115,9 +140,15 @@ class Predictor:
         from textune.device import setup_cuda_speed
 
         setup_cuda_speed()  # TF32 matmuls as in the training process, whose final predictions this must reproduce
+        if engine != "torch":
+            if precision not in (None, "fp32"):
+                raise TextuneError(f"--precision {precision}: engine '{engine}' runs its graph as exported; drop it")
+            dev, precision, saved_precision = torch.device("cpu"), None, "no"
         try:
             tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-            if (model_dir / "adapter_config.json").is_file():
+            if engine != "torch":
+                model = _onnx_model(run_dir, engine)
+            elif (model_dir / "adapter_config.json").is_file():
                 from textune.models.build import merge_adapter
 
                 model = merge_adapter(model_dir, recipe, task.model_kwargs())
