@@ -46,7 +46,7 @@ def big_input(source: Path, rows: int, path: Path) -> Path:
     df = pd.read_csv(source, keep_default_na=False)
     big = pd.concat([df] * -(-rows // len(df)), ignore_index=True).head(rows)
     big.insert(0, "id", [f"r{i:07d}" for i in range(len(big))])
-    big.drop(columns=[c for c in ("label",) if c in big], inplace=True)
+    big = big.drop(columns=[c for c in ("label",) if c in big])
     big.to_csv(path, index=False)
     return path
 
@@ -63,6 +63,20 @@ def timed(argv: list[str]) -> tuple[float, float, str]:
     if rc != "0":
         raise SystemExit(f"textune {' '.join(argv)} failed:\n{out.stderr[-3000:]}")
     return float(wall), float(rss), out.stderr
+
+
+def _save(path: Path, results: dict) -> None:
+    flags = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    report = {
+        "command": " ".join(["python", "benchmarks/predict_scale.py", *sys.argv[1:]]),
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "bf16_flags": sorted(f for f in ("avx512_bf16", "amx_bf16") if f in flags),
+        },
+        "date": time.strftime("%Y-%m-%d"),
+        "results": results,
+    }
+    path.write_text(json.dumps(report, indent=2) + "\n")
 
 
 def main() -> int:
@@ -101,15 +115,7 @@ def main() -> int:
             "command": "textune " + " ".join(argv),
         }
         print(f"[predict_scale] {name}: {results[name]}", file=sys.stderr, flush=True)
-    flags = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    bf16 = sorted({f for f in ("avx512_bf16", "amx_bf16") if f in flags})
-    report = {
-        "command": " ".join(["python", "benchmarks/predict_scale.py", *sys.argv[1:]]),
-        "machine": {"cpu": platform.processor() or platform.machine(), "bf16_flags": bf16},
-        "date": time.strftime("%Y-%m-%d"),
-        "results": results,
-    }
-    (args.out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+        _save(args.out / "results.json", results)  # after each variant: a long benchmark keeps what it measured
     print(f"| variant | rows | wall s | rows/s | peak RSS MiB (largest process) | same label as {chosen[0]} |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for name, r in results.items():
