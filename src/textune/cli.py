@@ -257,6 +257,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
         shard = (rank(), world_size())
         device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
+        if device == "cpu":  # torchrun gives each process one thread: share the cores instead
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size()))
     predictor = Predictor.load(args.run, device=device, precision=args.precision, engine=args.engine)
     # streamed in chunks: memory is bounded by --chunk-rows, the output appears atomically at the end
     show = sys.stderr.isatty() and rank() == 0
@@ -279,8 +281,15 @@ def _launch_predict(args: argparse.Namespace) -> int:
     from textune.training.launch import relaunch
 
     _progress(args, f"checking {args.input} against {args.run} ...")
+    import torch
+
+    if torch.cuda.is_available() and args.processes > torch.cuda.device_count():
+        raise TextuneError(
+            f"--processes {args.processes}: this machine has {torch.cuda.device_count()} GPU(s), one per process"
+        )
     predictor = Predictor.load(args.run, device="cpu", precision=args.precision, engine=args.engine)
     predictor.check_file(args.input, args.chunk_rows)
+    del predictor  # the processes load their own copies
 
     argv = ["predict", args.run, "--input", args.input, "--output", args.output, "--chunk-rows", str(args.chunk_rows)]
     if args.proba:
@@ -290,10 +299,12 @@ def _launch_predict(args: argparse.Namespace) -> int:
     argv += ["--engine", args.engine]
     if args.allow_pickle:
         argv.append("--allow-pickle")
-    code = relaunch(args.processes, argv)
-    if code != 0:
-        out = Path(args.output)
+    out = Path(args.output)
+    try:
+        code = relaunch(args.processes, argv)
+    finally:  # joined and removed by rank 0 on success; left by a failed or interrupted launch
         shutil.rmtree(out.parent / f".{out.name}.textune-parts", ignore_errors=True)
+    if code != 0:
         raise TextuneError(
             f"predict --processes {args.processes}: a process failed (its message is above); "
             f"nothing was written to {args.output}"

@@ -340,22 +340,24 @@ def _write_sharded(output: Path, chunks, rank: int) -> int:
     """One process's share of a sharded prediction: its chunks into ``.OUTPUT.textune-parts/``, then (rank 0) the
     parts joined in file order into ``output``, atomically. Returns the file's row count."""
     import shutil
+    from datetime import timedelta
 
     import torch.distributed as dist
 
     from textune import _atomic
 
     owned = not dist.is_initialized()
-    if owned:
-        dist.init_process_group("gloo")
+    if owned:  # a rank with one chunk fewer waits at the last barrier for a whole chunk of the others: no 30 min limit
+        dist.init_process_group("gloo", timeout=timedelta(days=1))
     parts = output.parent / f".{output.name}.textune-parts"
     try:
         if rank == 0:
             shutil.rmtree(parts, ignore_errors=True)  # a crashed earlier attempt's leftovers
             parts.mkdir(parents=True)
         dist.barrier()
-        n = 0
+        n, count = 0, 0
         for i, frame, rows in chunks:
+            count = i + 1
             if frame is not None:
                 _atomic.write_with(
                     parts / f"{i:08d}.csv",
@@ -366,10 +368,17 @@ def _write_sharded(output: Path, chunks, rank: int) -> int:
             n += rows
         dist.barrier()
         if rank == 0:
+            names = [parts / f"{i:08d}.csv" for i in range(count)]
+            missing = [p.name for p in names if not p.is_file()]
+            if missing:  # e.g. processes on several machines without a shared filesystem
+                raise TextuneError(
+                    f"predict --processes: {len(missing)} of {count} parts missing in {parts} (first: {missing[0]}); "
+                    "every process must see the output's folder"
+                )
 
             def join(tmp: Path) -> None:
                 with open(tmp, "wb") as out:
-                    for part in sorted(parts.glob("*.csv")):
+                    for part in names:
                         with open(part, "rb") as f:
                             shutil.copyfileobj(f, out)
 

@@ -3,9 +3,10 @@
 On CPU, ``torch.nn.functional.dropout`` draws one random number per element through ``bernoulli_``, single-threaded,
 at ~4 ns an element: in a bf16 training step of MiniLM (where the matmuls are fast) that was 21% of the step's time
 (``benchmarks/profile_step.py --precision bf16``). Here one 64-bit draw gives four 16-bit lanes, each compared with
-the drop probability rounded to 1/65536 (0.1 -> 0.100006): the same Bernoulli mask at ~1 ns an element, seeded by
-torch's generator like any dropout. The attention probabilities' dropout (inside SDPA on CPU) gets the same mask by
-the ``textune_sdpa`` attention function: eager attention with this dropout while training, plain SDPA otherwise.
+the drop probability rounded to 1/65536 (0.1 -> 0.100006): the same Bernoulli mask at ~1 ns an element (survivors
+scaled by the rounded keep rate), seeded by torch's generator like any dropout. The attention probabilities' dropout
+(inside SDPA on CPU) gets the same mask by the ``textune_sdpa`` attention function: attention computed in fp32 (as
+SDPA's math kernel does) with this dropout while training, plain SDPA otherwise.
 
 Only CPU training swaps modules in (``use_fast_dropout``); on GPUs the fused kernels are faster and stay.
 """
@@ -34,7 +35,8 @@ def fast_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tens
         return x
     if p >= 1.0:
         return x * 0.0
-    return x * keep_mask(x.shape, p, x.device) * (1.0 / (1.0 - p))
+    kept = 1.0 - round(p * _RESOLUTION) / _RESOLUTION  # the keep rate the mask has: survivors scaled to keep the mean
+    return x * keep_mask(x.shape, p, x.device) * (1.0 / kept)
 
 
 class FastDropout(nn.Dropout):
@@ -63,14 +65,18 @@ def _attention(module, query, key, value, attention_mask, dropout: float = 0.0, 
     if plain:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     scale = query.size(-1) ** -0.5 if scaling is None else scaling
-    scores = torch.matmul(query, key.transpose(2, 3)) * scale
-    if attention_mask is not None:
-        if attention_mask.dtype == torch.bool:  # SDPA's convention: True = attend
-            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
-        else:
-            scores = scores + attention_mask
-    probs = fast_dropout(torch.softmax(scores, dim=-1), dropout)
-    return torch.matmul(probs, value).transpose(1, 2).contiguous(), None
+    # in fp32 whatever the autocast, as SDPA's math kernel (which it replaces: no fused CPU kernel takes a dropout)
+    # computes bf16 inputs; the attention core is ~2% of an encoder's FLOPs
+    with torch.autocast(query.device.type, enabled=False):
+        scores = torch.matmul(query.float(), key.float().transpose(2, 3)) * scale
+        if attention_mask is not None:
+            if attention_mask.dtype == torch.bool:  # SDPA's convention: True = attend
+                scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+            else:
+                scores = scores + attention_mask.float()
+        probs = fast_dropout(torch.softmax(scores, dim=-1), dropout)
+        out = torch.matmul(probs, value.float())
+    return out.to(query.dtype).transpose(1, 2).contiguous(), None
 
 
 def _register_attention() -> None:
