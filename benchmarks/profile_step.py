@@ -32,7 +32,7 @@ KINDS = [
     ("optimizer", ("adam", "_foreach", "aten::lerp", "aten::addcdiv", "aten::addcmul", "aten::sqrt")),
     ("layer norm", ("layer_norm",)),
     ("gelu", ("gelu",)),
-    ("dropout", ("dropout", "bernoulli", "native_dropout")),
+    ("dropout", ("dropout", "bernoulli", "native_dropout", "aten::random_")),
     ("embedding", ("embedding",)),
     ("grad clipping", ("norm", "clamp", "aten::stack")),
     ("zero / copy / fill", ("zero_", "fill_", "copy_", "aten::to", "empty")),
