@@ -544,6 +544,13 @@ def _allow_pickle_arg(s: argparse.ArgumentParser) -> None:
     )
 
 
+def _processes_arg(s: argparse.ArgumentParser, verb: str, help: str) -> None:
+    """``--processes N`` (torchrun) for a command that otherwise ``verb`` in this process."""
+    s.add_argument(
+        "--processes", type=_int_at_least(1, f" (1 {verb} in this process)"), default=1, metavar="N", help=help
+    )
+
+
 def _recipe_args(s: argparse.ArgumentParser, required: bool = True) -> None:
     s.add_argument("recipe", nargs=None if required else "?", help="recipe YAML file")
     s.add_argument(
@@ -581,13 +588,7 @@ def _add_train(sub) -> None:
     _recipe_args(s, required=False)
     s.add_argument("--out", help="run directory (default: output.dir/<recipe>-<time>)")
     s.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
-    s.add_argument(
-        "--processes",
-        type=_int_at_least(1, " (1 trains in this process)"),
-        default=1,
-        metavar="N",
-        help="data-parallel training in N processes (torchrun; gloo on CPU, NCCL on GPUs)",
-    )
+    _processes_arg(s, "trains", "data-parallel training in N processes (torchrun; gloo on CPU, NCCL on GPUs)")
     s.add_argument(
         "--folds",
         type=_int_at_least(0),
@@ -633,12 +634,8 @@ def _add_predict(sub) -> None:
         choices=["fp32", "bf16", "fp16"],
         help="inference precision (default: the run's own, fp32 where this machine lacks native bf16)",
     )
-    s.add_argument(
-        "--processes",
-        type=_int_at_least(1, " (1 predicts in this process)"),
-        default=1,
-        metavar="N",
-        help="shard the chunks over N processes (torchrun, as training; one GPU each where there are GPUs)",
+    _processes_arg(
+        s, "predicts", "shard the chunks over N processes (torchrun, as training; one GPU each where there are GPUs)"
     )
     s.add_argument(
         "--engine",
