@@ -35,8 +35,18 @@ def fast_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tens
         return x
     if p >= 1.0:
         return x * 0.0
-    kept = 1.0 - round(p * _RESOLUTION) / _RESOLUTION  # the keep rate the mask has: survivors scaled to keep the mean
-    return x * keep_mask(x.shape, p, x.device) * (1.0 / kept)
+    # survivors scaled by the keep rate the mask really has, so the mean is kept
+    return x * _keep_values(x.shape, p, x.dtype, x.device) * (1.0 / _keep_rate(p))
+
+
+def _keep_rate(p: float) -> float:
+    return 1.0 - round(p * _RESOLUTION) / _RESOLUTION
+
+
+def _keep_values(shape: torch.Size, p: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``keep_mask`` as 0/1 values of ``dtype``. A product with a bool tensor goes through a slow type-promoting
+    path on CPU (~8x a same-dtype product); the uint8 view converts at copy speed."""
+    return keep_mask(shape, p, device).view(torch.uint8).to(dtype)
 
 
 class FastDropout(nn.Dropout):
@@ -65,18 +75,24 @@ def _attention(module, query, key, value, attention_mask, dropout: float = 0.0, 
     if plain:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     scale = query.size(-1) ** -0.5 if scaling is None else scaling
-    # in fp32 whatever the autocast, as SDPA's math kernel (which it replaces: no fused CPU kernel takes a dropout)
-    # computes bf16 inputs; the attention core is ~2% of an encoder's FLOPs
+    # In fp32 whatever the autocast, as SDPA's math kernel (which it replaces: no fused CPU kernel takes a dropout)
+    # computes bf16 inputs; the attention core is ~2% of an encoder's FLOPs. Each cast also makes its tensor
+    # contiguous (the heads come in as transposed views, which matmul would otherwise copy again); the scale goes on
+    # the queries and the dropout's rescaling on the output, the smaller tensors when the length exceeds the head size.
     with torch.autocast(query.device.type, enabled=False):
-        scores = torch.matmul(query.float(), key.float().transpose(2, 3)) * scale
+        q = query.to(torch.float32, memory_format=torch.contiguous_format) * scale
+        k = key.to(torch.float32, memory_format=torch.contiguous_format)
+        v = value.to(torch.float32, memory_format=torch.contiguous_format)
+        scores = torch.matmul(q, k.transpose(2, 3))
         if attention_mask is not None:
             if attention_mask.dtype == torch.bool:  # SDPA's convention: True = attend
-                scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
-            else:
-                scores = scores + attention_mask.float()
-        probs = fast_dropout(torch.softmax(scores, dim=-1), dropout)
-        out = torch.matmul(probs, value.float())
-    return out.to(query.dtype).transpose(1, 2).contiguous(), None
+                bias = torch.zeros(attention_mask.shape, dtype=scores.dtype, device=scores.device)
+                attention_mask = bias.masked_fill_(~attention_mask, torch.finfo(scores.dtype).min)
+            scores = scores.add_(attention_mask.float())  # in place: matmul's backward does not need its output
+        probs = torch.softmax(scores, dim=-1)
+        probs = probs * _keep_values(probs.shape, dropout, probs.dtype, probs.device)
+        out = torch.matmul(probs, v).mul_(1.0 / _keep_rate(dropout))
+    return out.transpose(1, 2).to(query.dtype, memory_format=torch.contiguous_format), None
 
 
 def _register_attention() -> None:
