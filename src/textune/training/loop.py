@@ -289,7 +289,7 @@ class _Fit:
         run.optimizer.step()
         if not accelerator.optimizer_step_was_skipped:  # fp16: the scaler skips steps with inf gradients
             run.scheduler.step()
-        run.optimizer.zero_grad(set_to_none=True)
+        run.zero_grad()
         state.step += 1
         state.step_in_epoch += 1
         state.samples += n_group * world

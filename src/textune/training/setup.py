@@ -18,6 +18,7 @@ from textune.data.batching import train_steps
 from textune.device import resolve_precision
 from textune.models.build import build_model, fusion_spec
 from textune.models.dropout import use_fast_dropout
+from textune.models.embedding_grad import EmbeddingGradBuffer, keep_embedding_grad
 from textune.models.infer import pad_id_of
 from textune.models.peft import count_total, count_trainable, parameter_table
 from textune.prepare import Prepared
@@ -100,6 +101,14 @@ class Setup:
     plan: StepPlan
     params: dict[str, Any]
     pad_id: int
+    embedding_grad: EmbeddingGradBuffer | None = None
+
+    def zero_grad(self) -> None:
+        """The optimizer's gradients set to None (the kept word-embedding buffer, where there is one, zeroed)."""
+        if self.embedding_grad is not None:
+            self.embedding_grad.zero_grad(self.optimizer)
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
 
     @property
     def device(self) -> torch.device:
@@ -131,8 +140,11 @@ def setup(recipe: Recipe, data: Prepared, run_dir: Path | None = None) -> Setup:
     train_split = data.splits["train"]
     plan = StepPlan(cfg, train_split.encoded.lengths, rows_per_step, accum, accelerator.num_processes)
     plan.micro_size = None if cfg.max_tokens else math.ceil(rows_per_step / accum)
+    embedding_grad = None
     if accelerator.device.type == "cpu" and not cfg.compile:
         use_fast_dropout(model)  # CPU dropout draws 4x fewer random numbers (inductor draws its own when compiling)
+        if accelerator.num_processes == 1:  # DDP's buckets take dense gradients
+            embedding_grad = keep_embedding_grad(model.encoder if hasattr(model, "fusion") else model)
     optimizer = build_optimizer(model, cfg, accelerator.device)
     scheduler = build_scheduler(optimizer, cfg, plan.total_steps)
     if cfg.gradient_checkpointing:
@@ -143,7 +155,7 @@ def setup(recipe: Recipe, data: Prepared, run_dir: Path | None = None) -> Setup:
         _probe_batch_size(accelerator, model, optimizer, data, plan, pad_id)
     if cfg.compile:
         model = torch.compile(model)
-    return Setup(accelerator, model, optimizer, scheduler, plan, params, pad_id)
+    return Setup(accelerator, model, optimizer, scheduler, plan, params, pad_id, embedding_grad)
 
 
 def _probe_batch_size(accelerator: Accelerator, model, optimizer, data: Prepared, plan: StepPlan, pad_id: int) -> None:

@@ -1,0 +1,73 @@
+"""The kept word-embedding gradient buffer: training with it gives the parameters of ordinary dense training, the
+buffer really is reused, and a step that starts without it still gets a dense gradient."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from textune.models.embedding_grad import keep_embedding_grad
+
+
+def _train(model_dir, keep: bool, steps: int = 4):
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=3).train()
+    for m in model.modules():  # deterministic forward: the comparison is about gradients
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    buffer = keep_embedding_grad(model) if keep else None
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    g = torch.Generator().manual_seed(1)
+    grads_seen = []
+    for _ in range(steps):
+        ids = torch.randint(5, 100, (6, 9), generator=g)
+        ids[:, 0] = 3  # a token repeated in every row: its gradient rows must be summed
+        loss = torch.nn.functional.cross_entropy(model(input_ids=ids).logits, torch.randint(0, 3, (6,), generator=g))
+        loss.backward()
+        weight = model.get_input_embeddings().weight
+        assert weight.grad.layout == torch.strided
+        grads_seen.append(weight.grad.data_ptr())
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+        opt.step()
+        if buffer is not None:
+            buffer.zero_grad(opt)
+        else:
+            opt.zero_grad(set_to_none=True)
+    return model, grads_seen
+
+
+def test_training_with_the_buffer_equals_dense_training_and_reuses_it(tiny_model):
+    dense, _ = _train(tiny_model, keep=False)
+    kept, ptrs = _train(tiny_model, keep=True)
+    assert kept.get_input_embeddings().sparse
+    assert len(set(ptrs)) == 1  # one buffer for every step
+    for (name, a), b in zip(dense.named_parameters(), kept.parameters(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
+    moved = dense.get_input_embeddings().weight - AutoModelForSequenceClassification.from_pretrained(
+        tiny_model, num_labels=3
+    ).get_input_embeddings().weight
+    assert moved.abs().max() > 1e-3  # the embedding really trained (the comparison above is not of frozen weights)
+
+
+def test_a_step_without_the_buffer_still_gets_a_dense_gradient(tiny_model):
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=3)
+    keep_embedding_grad(model)
+    weight = model.get_input_embeddings().weight
+    weight.grad = None  # e.g. a batch-size probe that set every gradient to None
+    model(input_ids=torch.tensor([[3, 7, 7, 9]])).logits.sum().backward()
+    assert weight.grad.layout == torch.strided and weight.grad.shape == weight.shape
+    assert weight.grad[7].abs().sum() > 0 and weight.grad[8].abs().sum() == 0
+
+
+@pytest.mark.parametrize("case", ["frozen", "lora"])
+def test_no_buffer_for_a_frozen_embedding(tiny_model, case):
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=3)
+    if case == "frozen":
+        model.get_input_embeddings().weight.requires_grad_(False)
+    else:
+        from peft import LoraConfig, TaskType, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=2, target_modules=["query", "value"]))
+    assert keep_embedding_grad(model) is None
+    assert not model.get_input_embeddings().sparse
