@@ -44,9 +44,10 @@ def test_training_with_the_buffer_equals_dense_training_and_reuses_it(tiny_model
     assert len(set(ptrs)) == 1  # one buffer for every step
     for (name, a), b in zip(dense.named_parameters(), kept.parameters(), strict=True):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
-    moved = dense.get_input_embeddings().weight - AutoModelForSequenceClassification.from_pretrained(
-        tiny_model, num_labels=3
-    ).get_input_embeddings().weight
+    moved = (
+        dense.get_input_embeddings().weight
+        - AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=3).get_input_embeddings().weight
+    )
     assert moved.abs().max() > 1e-3  # the embedding really trained (the comparison above is not of frozen weights)
 
 

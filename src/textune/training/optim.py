@@ -13,7 +13,6 @@ from torch.optim.lr_scheduler import LambdaLR
 from textune.errors import TextuneError
 from textune.recipe import TrainConfig
 
-
 _LAYER = re.compile(r"(?:^|\.)(?:layer|layers|block|blocks)\.(\d+)\.")
 
 
