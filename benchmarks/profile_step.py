@@ -22,6 +22,7 @@ from textune.data.batching import collate, train_steps
 from textune.data.tokenize import tokenize
 from textune.models.backbone import load_classifier, load_tokenizer, resolve_model_path
 from textune.models.dropout import use_fast_dropout
+from textune.models.embedding_grad import keep_embedding_grad
 from textune.recipe import TrainConfig
 from textune.training.optim import build_optimizer
 
@@ -70,7 +71,11 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--compile", action="store_true")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast, as Accelerate does")
-    p.add_argument("--native-dropout", action="store_true", help="Keep torch's dropout (textune swaps it on CPU)")
+    p.add_argument(
+        "--native-dropout",
+        action="store_true",
+        help="Keep torch's dropout and dense embedding gradients (textune's CPU loop changes both)",
+    )
     p.add_argument("--top", type=int, default=0, help="Also print the N aten ops with the most self time.")
     args = p.parse_args()
 
@@ -84,6 +89,7 @@ def main() -> None:
         use_fast_dropout(model)
     cfg = TrainConfig(lr=5e-5)
     optimizer = build_optimizer(model, cfg, torch.device("cpu"))
+    kept = None if args.native_dropout or args.compile else keep_embedding_grad(model)  # as textune's CPU loop
     fwd = torch.compile(model) if args.compile else model
     steps = train_steps(encoded.lengths, 42, 0, args.batch_size, 1, True, args.max_tokens)
     pad_id = tokenizer.pad_token_id or 0
@@ -100,7 +106,10 @@ def main() -> None:
             tokens += int(batch["attention_mask"].sum())
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        if kept is not None:
+            kept.zero_grad(optimizer)
+        else:
+            optimizer.zero_grad(set_to_none=True)
         return tokens
 
     model.train()
