@@ -22,7 +22,7 @@ from textune.data.batching import collate, train_steps
 from textune.data.tokenize import tokenize
 from textune.models.backbone import load_classifier, load_tokenizer, resolve_model_path
 from textune.models.dropout import use_fast_dropout
-from textune.models.embedding_grad import keep_embedding_grad
+from textune.models.embedding_grad import keep_embedding_grad, zero_grad
 from textune.recipe import TrainConfig
 from textune.training.optim import build_optimizer
 
@@ -106,10 +106,7 @@ def main() -> None:
             tokens += int(batch["attention_mask"].sum())
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        if kept is not None:
-            kept.zero_grad(optimizer)
-        else:
-            optimizer.zero_grad(set_to_none=True)
+        zero_grad(optimizer, kept)
         return tokens
 
     model.train()

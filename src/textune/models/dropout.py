@@ -71,6 +71,8 @@ def _attention(module, query, key, value, attention_mask, dropout: float = 0.0, 
         or not _PLAIN_KWARGS.issuperset(k for k, v in kwargs.items() if v is not None)
         or kwargs.get("is_causal", getattr(module, "is_causal", False))
         or getattr(module, "num_key_value_groups", 1) > 1
+        or not query.dtype == key.dtype == value.dtype
+        or (attention_mask is not None and attention_mask.requires_grad)  # a trained bias: its gradient is SDPA's
     )
     if plain:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
@@ -86,9 +88,10 @@ def _attention(module, query, key, value, attention_mask, dropout: float = 0.0, 
 class _DropoutAttention(torch.autograd.Function):
     """softmax(q k^T * scale + bias), dropped out, times v; output in the layout ``[batch, length, heads, dim]``.
 
-    The numerics of flash attention (SDPA's fused kernels on GPUs, and on CPUs in inference): every matmul takes its
-    inputs in the inputs' dtype (bf16 under autocast) and accumulates in fp32; the scores, the softmax and its
-    gradient stay in fp32, and the probabilities are rounded to the inputs' dtype only as the weights of ``v``.
+    The numerics of flash attention (SDPA's fused kernels on GPUs, and on CPUs in inference): matmul inputs are values
+    of the inputs' dtype (bf16 under autocast) and sums run in fp32; the scores (q k^T), the gradient of the
+    probabilities (dO v^T), the softmax and its gradient stay in fp32 (those two matmuls run in fp32, where a product
+    of two bf16 values is exact), and the probabilities are rounded to the inputs' dtype only as the weights of ``v``.
     A bf16 step so spends 2 of its 6 attention matmuls in fp32 instead of all 6 (SDPA's math kernel, the only
     CPU kernel with a dropout, upcasts everything); the attention of a MiniLM step on 2 cores takes ~30% less time.
     """

@@ -35,6 +35,14 @@ class EmbeddingGradBuffer:
             self.weight.grad = grad.zero_()
 
 
+def zero_grad(optimizer: torch.optim.Optimizer, buffer: EmbeddingGradBuffer | None) -> None:
+    """The optimizer's gradients set to None, except the kept embedding buffer (where there is one), zeroed."""
+    if buffer is not None:
+        buffer.zero_grad(optimizer)
+    else:
+        optimizer.zero_grad(set_to_none=True)
+
+
 def _densify(param: torch.Tensor) -> None:
     if param.grad is not None and param.grad.is_sparse:
         param.grad = param.grad.to_dense()

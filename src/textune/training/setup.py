@@ -18,7 +18,7 @@ from textune.data.batching import train_steps
 from textune.device import resolve_precision
 from textune.models.build import build_model, fusion_spec
 from textune.models.dropout import use_fast_dropout
-from textune.models.embedding_grad import EmbeddingGradBuffer, keep_embedding_grad
+from textune.models.embedding_grad import EmbeddingGradBuffer, keep_embedding_grad, zero_grad
 from textune.models.infer import pad_id_of
 from textune.models.peft import count_total, count_trainable, parameter_table
 from textune.prepare import Prepared
@@ -104,11 +104,7 @@ class Setup:
     embedding_grad: EmbeddingGradBuffer | None = None
 
     def zero_grad(self) -> None:
-        """The optimizer's gradients set to None (the kept word-embedding buffer, where there is one, zeroed)."""
-        if self.embedding_grad is not None:
-            self.embedding_grad.zero_grad(self.optimizer)
-        else:
-            self.optimizer.zero_grad(set_to_none=True)
+        zero_grad(self.optimizer, self.embedding_grad)
 
     @property
     def device(self) -> torch.device:
