@@ -42,33 +42,21 @@ def test_schedules_equal_transformers(kind, ratio, total):
     assert len(set(ours)) > 1 or kind == "constant" and ratio == 0.0  # the schedule really moves
 
 
-def test_scheduler_state_round_trips():
+@pytest.mark.parametrize("saved_by", ["textune", "transformers"])
+def test_scheduler_state_resumes(saved_by):
+    """A resumed run continues the schedule; checkpoints written before the schedules moved to textune hold
+    transformers' scheduler state, which must load too."""
     cfg = TrainConfig(scheduler="cosine", warmup_ratio=0.2)
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-    sched = build_scheduler(opt, cfg, 20)
-    for _ in range(7):
+    sched = build_scheduler(opt, cfg, 20) if saved_by == "textune" else get_cosine_schedule_with_warmup(opt, 4, 20)
+    for _ in range(9):
         opt.step()
         sched.step()
     opt2 = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     resumed = build_scheduler(opt2, cfg, 20)
     resumed.load_state_dict(sched.state_dict())
     opt2.load_state_dict(opt.state_dict())
-    opt.step(), sched.step(), opt2.step(), resumed.step()
-    assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"] != 0.1
-
-
-def test_scheduler_state_saved_by_transformers_loads():
-    """Checkpoints written before the schedules moved to textune hold transformers' scheduler state."""
-    cfg = TrainConfig(scheduler="cosine", warmup_ratio=0.2)
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-    theirs = get_cosine_schedule_with_warmup(opt, 4, 20)
-    for _ in range(9):
-        opt.step()
-        theirs.step()
-    opt2 = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-    ours = build_scheduler(opt2, cfg, 20)
-    ours.load_state_dict(theirs.state_dict())
-    opt2.load_state_dict(opt.state_dict())
     for _ in range(3):
-        opt.step(), theirs.step(), opt2.step(), ours.step()
+        opt.step(), sched.step(), opt2.step(), resumed.step()
         assert opt2.param_groups[0]["lr"] == pytest.approx(opt.param_groups[0]["lr"], abs=1e-12)
+    assert opt2.param_groups[0]["lr"] != 0.1  # past the warm-up, inside the decay
