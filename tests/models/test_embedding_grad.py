@@ -1,5 +1,6 @@
-"""The kept word-embedding gradient buffer: training with it gives the parameters of ordinary dense training, the
-buffer really is reused, and a step that starts without it still gets a dense gradient."""
+"""The kept word-embedding gradient buffer: training with it (its row-wise zeroing and clipping included) gives the
+parameters and gradient norms of ordinary dense training, the buffer really is reused and left all zero, and a step
+that starts without it still gets a dense gradient."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from transformers import AutoModelForSequenceClassification
 from textune.models.embedding_grad import keep_embedding_grad, zero_grad
 
 
-def _train(model_dir, keep: bool, steps: int = 4):
+def _train(model_dir, keep: bool, max_norm: float = 0.05, tied: bool = False, steps: int = 4):
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=3).train()
     for m in model.modules():  # deterministic forward: the comparison is about gradients
@@ -20,28 +21,44 @@ def _train(model_dir, keep: bool, steps: int = 4):
     # SGD: Adam would turn the roundoff of gradients that are zero in exact arithmetic (the key biases') into full steps
     opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9, weight_decay=0.1)
     g = torch.Generator().manual_seed(1)
-    grads_seen = []
+    grads_seen, norms = [], []
     for _ in range(steps):
         ids = torch.randint(5, 100, (6, 9), generator=g)
         ids[:, 0] = 3  # a token repeated in every row: its gradient rows must be summed
         targets = torch.randint(0, 3, (6,), generator=g)
         for half in (slice(0, 3), slice(3, 6)):  # two micro-batches accumulate into one step's gradient
             logits = model(input_ids=ids[half]).logits
-            (torch.nn.functional.cross_entropy(logits, targets[half]) / 2).backward()
+            loss = torch.nn.functional.cross_entropy(logits, targets[half]) / 2
+            if tied:  # the weight also used outside the lookup (as a tied output layer is): a dense gradient
+                loss = loss + model.get_input_embeddings().weight[-1].square().sum()
+            loss.backward()
         weight = model.get_input_embeddings().weight
         assert weight.grad.layout == torch.strided
         grads_seen.append(weight.grad)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+        if buffer is None:
+            norms.append(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+        else:
+            norms.append(buffer.clip_grad_norm_(model.parameters(), max_norm))
         opt.step()
         zero_grad(opt, buffer)
-    return model, grads_seen
+        if buffer is not None:
+            assert weight.grad.count_nonzero() == 0  # the rows written were all zeroed
+    return model, grads_seen, torch.stack(norms)
 
 
-def test_training_with_the_buffer_equals_dense_training_and_reuses_it(tiny_model):
-    dense, _ = _train(tiny_model, keep=False)
-    kept, grads = _train(tiny_model, keep=True)
+@pytest.mark.parametrize(
+    ("max_norm", "tied"),
+    [(0.05, False), (1e4, False), (0.05, True)],
+    ids=["clipped", "norm-below-max", "dense-gradient-too"],
+)
+def test_training_with_the_buffer_equals_dense_training_and_reuses_it(tiny_model, max_norm, tied):
+    dense, _, dense_norms = _train(tiny_model, keep=False, max_norm=max_norm, tied=tied)
+    kept, grads, kept_norms = _train(tiny_model, keep=True, max_norm=max_norm, tied=tied)
     assert kept.get_input_embeddings().sparse
     assert all(g is grads[0] for g in grads)  # one buffer for every step
+    torch.testing.assert_close(kept_norms, dense_norms, rtol=1e-5, atol=0)
+    clipped = dense_norms > max_norm
+    assert clipped.any() if max_norm < 1 else not clipped.any()  # the cases that clip do, the other never does
     for (name, a), b in zip(dense.named_parameters(), kept.parameters(), strict=True):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
     moved = (

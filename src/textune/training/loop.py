@@ -285,7 +285,7 @@ class _Fit:
             step_loss += loss.detach().float()
         self.pending.append((state.step + 1, step_loss))
         if self.cfg.max_grad_norm is not None:
-            accelerator.clip_grad_norm_(run.model.parameters(), self.cfg.max_grad_norm)
+            run.clip_grad_norm_(self.cfg.max_grad_norm)
         run.optimizer.step()
         if not accelerator.optimizer_step_was_skipped:  # fp16: the scaler skips steps with inf gradients
             run.scheduler.step()

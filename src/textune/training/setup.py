@@ -106,6 +106,14 @@ class Setup:
     def zero_grad(self) -> None:
         zero_grad(self.optimizer, self.embedding_grad)
 
+    def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
+        """The model's gradients clipped to ``max_norm`` (Accelerate's, which unscales fp16 gradients first; with the
+        embedding buffer, its row-wise clipping after the same unscaling); returns the norm before clipping."""
+        if self.embedding_grad is None:
+            return self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
+        self.accelerator.unscale_gradients()
+        return self.embedding_grad.clip_grad_norm_(self.model.parameters(), max_norm)
+
     @property
     def device(self) -> torch.device:
         return self.accelerator.device
