@@ -7,8 +7,9 @@ the drop probability rounded to 1/65536 (0.1 -> 0.100006): the same Bernoulli ma
 keep rate). On CPU the 64-bit words come from numpy's SFC64 (in isolation ~1.5 ns a word against ~2.7 for torch's
 Mersenne Twister; inside a training step 12% less time than torch's draws), seeded for each mask by one draw from
 torch's generator: ``torch.manual_seed``, checkpointed RNG states and activation checkpointing's replay decide the
-masks as they decide any dropout's. The attention probabilities' dropout (inside SDPA on CPU) gets the same mask by the ``textune_sdpa`` attention function: flash attention's numerics with
-this dropout while training (``_DropoutAttention``), plain SDPA otherwise.
+masks as they decide any dropout's. The attention probabilities' dropout (inside SDPA on CPU) gets the same mask by
+the ``textune_sdpa`` attention function: flash attention's numerics with this dropout while training
+(``_DropoutAttention``), plain SDPA otherwise.
 
 Only CPU training swaps modules in (``use_fast_dropout``); on GPUs the fused kernels are faster and stay.
 """
