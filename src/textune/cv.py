@@ -7,7 +7,8 @@ so rows sharing a value never straddle folds; a pure function of the seed), then
     PARENT/recipe.yaml            the recipe, cv section included
     PARENT/folds/k/               a run directory: train() on fold k's training rows, validated on its held-out rows
     PARENT/folds/k/.data/         train.parquet and validation.parquet: those rows, with a hidden row-number column
-    PARENT/oof.csv                every training row's out-of-fold prediction, in file order (``row``: its number)
+    PARENT/oof.csv                every training row's out-of-fold prediction, in file order (``row``: its number
+                                  among the file's data rows from 0: row 0 is file line 2, "data row 1" in errors)
     PARENT/oof_outputs.csv        the same rows' folds, encoded targets and raw outputs (what ensembles fit on)
     PARENT/summary.json           kind cv: each metric's mean and std over folds and on the pooled out-of-fold rows
     PARENT/ensemble.json, task.json, manifest.json, predictions/test.csv (data.test, by the fold ensemble)
