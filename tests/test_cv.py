@@ -81,6 +81,25 @@ def test_bad_cv_settings_are_refused(recipe_factory, tmp_path):
     assert not (tmp_path / "p").exists()
 
 
+@pytest.mark.parametrize(
+    ("fault", "says"), [("empty id", "empty id"), ("duplicate id", "duplicate id"), ("reserved column", "reserved")]
+)
+def test_cv_refuses_the_training_files_plain_training_refuses(recipe_factory, news, tmp_path, fault, says):
+    df = pd.read_csv(news["train"])
+    if fault == "empty id":
+        df.loc[3, "id"] = None
+    elif fault == "duplicate id":
+        df.loc[5, "id"] = df.loc[2, "id"]
+    else:
+        df[FILE_ROW] = 0
+    bad = tmp_path / "bad.csv"
+    df.to_csv(bad, index=False)
+    recipe = load_recipe(recipe_factory(data={"train": str(bad)}, cv={"folds": 3}))
+    with pytest.raises(TextuneError, match=says) as err:
+        load_cv_data(recipe)
+    assert str(bad) in str(err.value)
+
+
 # -- out-of-fold assembly with a memorising model, and resume, without training ------------------------------------
 
 

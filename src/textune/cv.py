@@ -32,7 +32,7 @@ import pandas as pd
 
 from textune import _atomic
 from textune._math import cv_statistics
-from textune.data.io import read_table, require_columns, rows_ref, sample_rows, sha256_file
+from textune.data.io import read_table, require_columns, rows_ref, sha256_file
 from textune.ensemble import (
     ENSEMBLE,
     FILE_ROW,
@@ -48,7 +48,7 @@ from textune.ensemble import (
 )
 from textune.errors import TextuneError
 from textune.predict import Predictor, prediction_frame
-from textune.prepare import check_unique_ids, data_hashes
+from textune.prepare import data_hashes, read_train, require_inputs
 from textune.recipe import Recipe, dump_recipe, recipe_from_dict
 from textune.run import RunLock, layout, new_run_dir
 from textune.tasks import Task, get_task
@@ -152,23 +152,13 @@ def load_cv_data(recipe: Recipe, folds: int | None = None) -> CVData:
     k = resolve_folds(recipe, folds)
     if not k:
         raise TextuneError("cv.folds: cross-validation is off; set cv.folds (or --folds) to 2 or more")
-    if not d.train:
-        raise TextuneError("data.train: no training file given; set data.train: path/to/train.csv")
     if d.validation:
         log.warning(
             "data.validation (%s) is not used by cross-validation: each fold validates on its own rows", d.validation
         )
-    df = read_table(d.train)
-    if FILE_ROW in df.columns:
-        raise TextuneError(f"{d.train}: column '{FILE_ROW}' is reserved by textune's cross-validation; rename it")
-    df[FILE_ROW] = np.arange(len(df))
-    df = sample_rows(df, d.max_rows, recipe.train.seed)
+    df = read_train(recipe, row_column=FILE_ROW)
     task = get_task(recipe.task)(recipe)
-    for col, key in {**task.input_columns(), **task.target_columns(df)}.items():
-        require_columns(df, [col], d.train, key)
-    if d.id:
-        require_columns(df, [d.id], d.train, "data.id")
-        check_unique_ids(df[d.id], d.train, d.id)  # oof.csv is keyed by them
+    require_inputs(df, task, d.train, recipe)  # ids unique: oof.csv is keyed by them
     task.fit(df, d.train)
     task.fit_statistics(df, d.train)
     targets = task.targets(df, d.train, "train")

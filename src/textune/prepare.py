@@ -94,13 +94,10 @@ def load_splits(recipe: Recipe, task: Task) -> dict[str, Split]:
         TextuneError: any unusable file, column or label, before anything is written.
     """
     d = recipe.data
-    if not d.train:
-        raise TextuneError("data.train: no training file given; set data.train: path/to/train.csv")
-    train_df = read_table(d.train)
-    train_df = sample_rows(train_df, d.max_rows, recipe.train.seed)
+    train_df = read_train(recipe)
     # train's ids key predictions only when validation rows are held out of it (a separate validation file keys
     # its own): only then must they be unique (a retrain on train + validation may repeat them)
-    _require(train_df, task, d.train, recipe, unique_ids=not d.validation)
+    require_inputs(train_df, task, d.train, recipe, unique_ids=not d.validation)
     task.fit(train_df, d.train)
 
     if d.validation:
@@ -121,7 +118,7 @@ def load_splits(recipe: Recipe, task: Task) -> dict[str, Split]:
 
     splits = {}
     for name, df, path in (("train", train_df, d.train), ("validation", valid_df, valid_path)):
-        _require(df, task, path, recipe, unique_ids=name == "validation" or not d.validation)
+        require_inputs(df, task, path, recipe, unique_ids=name == "validation" or not d.validation)
         splits[name] = Split(name, path, df, task.texts(df, path), task.targets(df, path, name))
     if d.test:
         test_df = read_table(d.test)
@@ -133,8 +130,23 @@ def load_splits(recipe: Recipe, task: Task) -> dict[str, Split]:
     return splits
 
 
-def _require(df: pd.DataFrame, task: Task, path: str, recipe: Recipe, unique_ids: bool = True) -> None:
-    """Every input and target column the task reads must exist (the error names the recipe key)."""
+def read_train(recipe: Recipe, row_column: str | None = None) -> pd.DataFrame:
+    """``data.train``, cut to ``data.max_rows`` (seeded); with ``row_column``, each row's number among the file's
+    data rows (from 0, before the cut) kept in that column."""
+    d = recipe.data
+    if not d.train:
+        raise TextuneError("data.train: no training file given; set data.train: path/to/train.csv")
+    df = read_table(d.train)
+    if row_column is not None:
+        if row_column in df.columns:
+            raise TextuneError(f"{d.train}: column '{row_column}' is reserved by textune; rename it")
+        df[row_column] = np.arange(len(df))
+    return sample_rows(df, d.max_rows, recipe.train.seed)
+
+
+def require_inputs(df: pd.DataFrame, task: Task, path: str, recipe: Recipe, unique_ids: bool = True) -> None:
+    """Every input and target column the task reads must exist (the error names the recipe key), and ``data.id``
+    (where set) must name a column with an id in every row, each once unless ``unique_ids`` is off."""
     for col, key in {**task.input_columns(), **task.target_columns(df)}.items():
         require_columns(df, [col], path, key)
     _check_ids(df, recipe, path, unique_ids)
