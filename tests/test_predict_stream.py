@@ -167,3 +167,26 @@ def test_two_processes_refuse_a_repeated_id_and_write_nothing(predictor, rows, t
     assert done.returncode == 2
     assert "duplicate id(s) (first: 'n00003'" in done.stderr and "Traceback" not in done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
+
+
+def test_prediction_without_targets_imports_no_metrics_library(predictor, rows, tmp_path):
+    """scikit-learn costs ~0.6 s of every `textune predict` start: loading a run and predicting rows without targets
+    must not import it, nor matplotlib (metrics, calibration fits and plots import them where they run). SciPy is
+    not checked: transformers' model loading imports it."""
+    import subprocess
+    import sys
+    import textwrap
+
+    rows.drop(columns=["label"]).to_csv(tmp_path / "rows.csv", index=False, quoting=csv.QUOTE_NONNUMERIC)
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from textune import Predictor
+        Predictor.load({str(predictor.run_dir)!r}).predict_file({str(tmp_path / "rows.csv")!r},
+                                                                {str(tmp_path / "out.csv")!r})
+        print("loaded:", sorted(m for m in ("sklearn", "matplotlib") if m in sys.modules))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "loaded: []" in out
+    assert len(pd.read_csv(tmp_path / "out.csv")) == len(rows)

@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import accuracy_score, confusion_matrix, log_loss, precision_recall_fscore_support
 
 from textune._math import softmax
 from textune.data.io import rows_ref
@@ -144,6 +143,8 @@ class ClassificationTask(Task):
 
     # -- evaluation ------------------------------------------------------------------------------------------
     def metrics(self, logits: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+        from sklearn.metrics import accuracy_score, log_loss, precision_recall_fscore_support
+
         probs = softmax(logits)
         pred = probs.argmax(axis=1)
         p, r, f1, _ = precision_recall_fscore_support(targets, pred, average="macro", zero_division=0)
@@ -163,6 +164,8 @@ class ClassificationTask(Task):
         return pd.DataFrame({self.recipe.data.label: [self.labels[i] for i in probs.argmax(axis=1)]})
 
     def plots(self, out_dir: Path, logits: np.ndarray, targets: np.ndarray) -> list[Path]:
+        from sklearn.metrics import confusion_matrix
+
         from textune.report.plots import plot_confusion
 
         cm = confusion_matrix(targets, logits.argmax(axis=1), labels=list(range(len(self.labels))))

@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
 from textune import _atomic
 from textune._math import logit, sigmoid
@@ -28,6 +27,8 @@ GRID = np.round(np.arange(0.05, 0.951, 0.05), 2)
 
 def best_threshold(probs: np.ndarray, truth: np.ndarray, default: float) -> float:
     """The grid threshold with the best F1 for one label (ties: the one closest to ``default``)."""
+    from sklearn.metrics import f1_score
+
     if truth.sum() == 0:
         return default  # a label absent from validation gives no evidence
     scores = [f1_score(truth, probs >= t, zero_division=0) for t in GRID]
@@ -148,6 +149,8 @@ class MultilabelTask(Task):
         return None  # targets are label sets: check does not count them as classes
 
     def metrics(self, logits: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+        from sklearn.metrics import accuracy_score, f1_score
+
         pred = self.decide(logits).astype(int)
         truth = targets.astype(int)
         return {
@@ -159,6 +162,8 @@ class MultilabelTask(Task):
 
     def per_label(self, logits: np.ndarray, targets: np.ndarray) -> pd.DataFrame:
         """Precision, recall, F1, support and threshold of each label."""
+        from sklearn.metrics import precision_recall_fscore_support
+
         p, r, f1, support = precision_recall_fscore_support(
             targets.astype(int), self.decide(logits).astype(int), average=None, zero_division=0
         )

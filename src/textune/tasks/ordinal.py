@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import accuracy_score, confusion_matrix, log_loss
 
 from textune._math import softmax
 from textune.tasks.classification import ClassificationTask, _label_strings
@@ -113,6 +112,8 @@ class OrdinalTask(ClassificationTask):
         return logits.argmax(axis=1)
 
     def metrics(self, logits: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+        from sklearn.metrics import accuracy_score, log_loss
+
         pred = self.levels(logits)
         err = np.abs(pred - targets)
         k = len(self.labels)
@@ -130,6 +131,8 @@ class OrdinalTask(ClassificationTask):
         return pd.DataFrame({self.recipe.data.label: [self.labels[i] for i in self.levels(logits)]})
 
     def plots(self, out_dir: Path, logits: np.ndarray, targets: np.ndarray) -> list[Path]:
+        from sklearn.metrics import confusion_matrix
+
         from textune.report.plots import plot_confusion
 
         k = len(self.labels)

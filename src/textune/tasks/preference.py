@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import accuracy_score, confusion_matrix, log_loss, precision_recall_fscore_support
 
 from textune._math import softmax
 from textune.data.io import row_ref, rows_ref
@@ -265,6 +264,7 @@ class PreferenceTask(Task):
         if not self.recipe.preference.calibrate:
             return {}
         from scipy.optimize import minimize_scalar
+        from sklearn.metrics import log_loss
 
         def nll(log_t: float) -> float:
             return float(log_loss(targets, self.probabilities(outputs, float(np.exp(log_t))), labels=[0, 1, 2]))
@@ -275,6 +275,8 @@ class PreferenceTask(Task):
         return {"temperature": self.temperature, "log_loss_before": before, "log_loss_after": min(res.fun, before)}
 
     def metrics(self, logits: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+        from sklearn.metrics import accuracy_score, log_loss, precision_recall_fscore_support
+
         probs = self.probabilities(logits)
         pred = probs.argmax(axis=1)
         _, _, f1, _ = precision_recall_fscore_support(targets, pred, labels=[0, 1, 2], zero_division=0)
@@ -295,6 +297,8 @@ class PreferenceTask(Task):
         return pd.DataFrame({"winner": [OUTCOMES[i] for i in probs.argmax(axis=1)]})
 
     def plots(self, out_dir: Path, logits: np.ndarray, targets: np.ndarray) -> list[Path]:
+        from sklearn.metrics import confusion_matrix
+
         from textune.report.plots import plot_confusion
 
         cm = confusion_matrix(targets, self.probabilities(logits).argmax(axis=1), labels=[0, 1, 2])

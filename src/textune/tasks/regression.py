@@ -13,7 +13,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
 from textune.data.io import rows_ref
 from textune.errors import TextuneError
@@ -172,6 +171,8 @@ class RegressionTask(Task):
 
     # -- evaluation ------------------------------------------------------------------------------------------
     def metrics(self, logits: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+        from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+
         pred = self.to_original(np.asarray(logits, np.float64).reshape(-1))
         y = np.asarray(targets, np.float64).reshape(-1)
         return {
