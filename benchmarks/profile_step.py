@@ -6,6 +6,11 @@ Loads the model (default: bundled:minilm, all-MiniLM-L6-v2) as textune does, tok
 tokenizer path, builds length-grouped steps with ``train_steps`` and profiles forward + backward + clipping + AdamW,
 the work of textune's loop. Prints each kind's share of CPU time and the step's model FLOPs utilisation against a
 measured fp32 matmul peak. Options: ``--max-tokens`` (token-budget batches), ``--compile`` (torch.compile).
+
+``--ab`` times textune's CPU step against the plain one (torch's dropout, dense embedding gradients, torch's
+clipping: what a Trainer script runs) in one process, step by step in alternating order on the same batches, and
+prints the ratio: on a shared machine whose speed drifts by several percent between runs, only such an interleaved
+comparison resolves differences of a few percent.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections import defaultdict
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -74,9 +80,12 @@ def main() -> None:
     p.add_argument(
         "--native-dropout",
         action="store_true",
-        help="Keep torch's dropout and dense embedding gradients (textune's CPU loop changes both)",
+        help="Keep torch's dropout, dense embedding gradients and clipping (textune's CPU loop changes all three)",
     )
     p.add_argument("--top", type=int, default=0, help="Also print the N aten ops with the most self time.")
+    p.add_argument(
+        "--ab", action="store_true", help="Time textune's step against the plain one, interleaved (no profile)."
+    )
     args = p.parse_args()
 
     df = pd.read_csv(args.data, keep_default_na=False).head(args.rows)
@@ -84,38 +93,61 @@ def main() -> None:
     tokenizer = load_tokenizer(resolve_model_path(args.model))
     encoded, _ = tokenize(tokenizer, df["text"].tolist(), args.max_length)
     targets = df["label"].astype(str).map(labels).to_numpy()
-    model, _ = load_classifier(args.model, {"num_labels": len(labels)})
-    if not args.native_dropout:
-        use_fast_dropout(model)
-    cfg = TrainConfig(lr=5e-5)
-    optimizer = build_optimizer(model, cfg, torch.device("cpu"))
-    kept = None if args.native_dropout or args.compile else keep_embedding_grad(model)  # as textune's CPU loop
-    fwd = torch.compile(model) if args.compile else model
     steps = train_steps(encoded.lengths, 42, 0, args.batch_size, 1, True, args.max_tokens)
     pad_id = tokenizer.pad_token_id or 0
+
+    def variant(plain: bool) -> tuple[torch.nn.Module, Callable[[list], int]]:
+        """The model and a function running one optimizer step of it (returns the step's real tokens)."""
+        torch.manual_seed(0)
+        model, _ = load_classifier(args.model, {"num_labels": len(labels)})
+        if not plain:
+            use_fast_dropout(model)
+        optimizer = build_optimizer(model, TrainConfig(lr=5e-5), torch.device("cpu"))
+        kept = None if plain or args.compile else keep_embedding_grad(model)  # as textune's CPU loop
+        fwd = torch.compile(model) if args.compile else model
+        model.train()
+
+        def run(step) -> int:
+            tokens = 0
+            for mb in step:
+                batch = collate(encoded, mb, pad_id)
+                # backward inside autocast, as textune's loop (Accelerate's backward) runs it
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+                    out = fwd(**batch).logits
+                    loss = torch.nn.functional.cross_entropy(out.float(), torch.from_numpy(targets[mb]))
+                    loss.backward()
+                tokens += int(batch["attention_mask"].sum())
+            if kept is None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            else:
+                kept.clip_grad_norm_(model.parameters(), 1.0)  # row-wise, as textune's CPU loop
+            optimizer.step()
+            zero_grad(optimizer, kept)
+            return tokens
+
+        return model, run
+
+    model, run = variant(args.native_dropout)
     non_embedding = sum(p.numel() for n, p in model.named_parameters() if "embeddings" not in n)
-
-    def run(step) -> int:
-        tokens = 0
-        for mb in step:
-            batch = collate(encoded, mb, pad_id)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
-                out = fwd(**batch).logits
-                loss = torch.nn.functional.cross_entropy(out.float(), torch.from_numpy(targets[mb]))
-            loss.backward()
-            tokens += int(batch["attention_mask"].sum())
-        if kept is None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        else:
-            kept.clip_grad_norm_(model.parameters(), 1.0)  # row-wise, as textune's CPU loop
-        optimizer.step()
-        zero_grad(optimizer, kept)
-        return tokens
-
-    model.train()
+    chosen = steps[args.warmup : args.warmup + args.steps]
+    if args.ab:
+        _, plain_run = variant(True)
+        for step in steps[: args.warmup]:
+            run(step), plain_run(step)
+        times: dict[str, list[float]] = {"textune": [], "plain": []}
+        for i, step in enumerate(chosen):
+            for name in ("textune", "plain") if i % 2 == 0 else ("plain", "textune"):
+                t0 = time.perf_counter()
+                (run if name == "textune" else plain_run)(step)
+                times[name].append(time.perf_counter() - t0)
+        a, b = np.array(times["textune"]), np.array(times["plain"])
+        print(
+            f"{len(chosen)} steps each, interleaved, {args.precision}: textune {a.sum():.2f} s, plain {b.sum():.2f} s; "
+            f"plain/textune: ratio of sums {b.sum() / a.sum():.3f}, median per-step ratio {np.median(b / a):.3f}"
+        )
+        return
     for step in steps[: args.warmup]:
         run(step)
-    chosen = steps[args.warmup : args.warmup + args.steps]
     t0 = time.perf_counter()
     tokens = sum(run(step) for step in chosen)
     wall = time.perf_counter() - t0
