@@ -121,7 +121,11 @@ def test_onnx_int8_is_smaller_and_close(exported, name):
     # int8 weights move the logits by a little, far less than their spread across rows
     error = np.abs(got - expected).max()
     assert error < 0.1 * np.ptp(expected) + 1e-3, (error, np.ptp(expected))
-    assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.75
+    if name == "mean":
+        # labels: only where the model is decisive. The "plain" fixture (30x pooler, 2 steps) spreads its logits
+        # across rows but leaves every row's top two within ~0.05 of each other, below int8's ~0.2 error: its labels
+        # are ties that int8 may turn either way, and which way depends on the training run's random stream
+        assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.75
 
 
 def test_onnx_refuses_tabular_features(runs, tmp_path, capsys):
@@ -175,7 +179,8 @@ def test_predict_with_the_onnx_engine_equals_torch(exported, runs, name, tmp_pat
     # the int8 graph, not the fp32 one: close to it, not equal
     gap = np.abs(tables["onnx-int8"][probs].to_numpy() - tables["onnx"][probs].to_numpy()).max()
     assert 0 < gap < 0.2, gap
-    assert (tables["onnx-int8"]["label"] == tables["torch"]["label"]).mean() >= 0.7
+    if name == "mean":  # the "plain" fixture's labels are near-ties (see test_onnx_int8_is_smaller_and_close)
+        assert (tables["onnx-int8"]["label"] == tables["torch"]["label"]).mean() >= 0.7
 
 
 def test_onnx_engine_needs_an_onnx_export(runs, exported, tmp_path, capsys):
