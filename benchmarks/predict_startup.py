@@ -38,7 +38,7 @@ def main() -> None:
 
     infer.inference_batches = first_batch
     with tempfile.TemporaryDirectory() as tmp:
-        sys.argv = ["textune", "predict", args.run, "--input", args.input, "--out", str(Path(tmp) / "out.csv")]
+        sys.argv = ["textune", "predict", args.run, "--input", args.input, "--output", str(Path(tmp) / "out.csv")]
         try:
             textune_main()
         except SystemExit as exc:

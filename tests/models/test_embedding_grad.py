@@ -11,9 +11,13 @@ from transformers import AutoModelForSequenceClassification
 from textune.models.embedding_grad import keep_embedding_grad, zero_grad
 
 
-def _train(model_dir, keep: bool, max_norm: float = 0.05, tied: bool = False, steps: int = 4):
+def _train(
+    model_dir, keep: bool, max_norm: float = 0.05, tied: bool = False, checkpointing: bool = False, steps: int = 4
+):
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=3).train()
+    if checkpointing:
+        model.gradient_checkpointing_enable()
     for m in model.modules():  # deterministic forward: the comparison is about gradients
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
@@ -35,6 +39,9 @@ def _train(model_dir, keep: bool, max_norm: float = 0.05, tied: bool = False, st
         weight = model.get_input_embeddings().weight
         assert weight.grad.layout == torch.strided
         grads_seen.append(weight.grad)
+        if buffer is not None:  # the rows-only path is taken, unless a dense gradient reached the weight
+            rows = buffer._touched()
+            assert rows is None if tied else 0 < len(rows) < len(weight)
         if buffer is None:
             norms.append(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
         else:
@@ -47,13 +54,13 @@ def _train(model_dir, keep: bool, max_norm: float = 0.05, tied: bool = False, st
 
 
 @pytest.mark.parametrize(
-    ("max_norm", "tied"),
-    [(0.05, False), (1e4, False), (0.05, True)],
-    ids=["clipped", "norm-below-max", "dense-gradient-too"],
+    ("max_norm", "tied", "checkpointing"),
+    [(0.05, False, False), (1e4, False, False), (0.05, True, False), (0.05, False, True)],
+    ids=["clipped", "norm-below-max", "dense-gradient-too", "activation-checkpointing"],
 )
-def test_training_with_the_buffer_equals_dense_training_and_reuses_it(tiny_model, max_norm, tied):
-    dense, _, dense_norms = _train(tiny_model, keep=False, max_norm=max_norm, tied=tied)
-    kept, grads, kept_norms = _train(tiny_model, keep=True, max_norm=max_norm, tied=tied)
+def test_training_with_the_buffer_equals_dense_training_and_reuses_it(tiny_model, max_norm, tied, checkpointing):
+    dense, _, dense_norms = _train(tiny_model, keep=False, max_norm=max_norm, tied=tied, checkpointing=checkpointing)
+    kept, grads, kept_norms = _train(tiny_model, keep=True, max_norm=max_norm, tied=tied, checkpointing=checkpointing)
     assert kept.get_input_embeddings().sparse
     assert all(g is grads[0] for g in grads)  # one buffer for every step
     torch.testing.assert_close(kept_norms, dense_norms, rtol=1e-5, atol=0)
@@ -68,14 +75,39 @@ def test_training_with_the_buffer_equals_dense_training_and_reuses_it(tiny_model
     assert moved.abs().max() > 1e-3  # the embedding really trained (the comparison above is not of frozen weights)
 
 
-def test_a_step_without_the_buffer_still_gets_a_dense_gradient(tiny_model):
+def test_a_step_without_the_buffer_still_gets_a_dense_gradient_and_the_next_keeps_it(tiny_model):
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=3)
-    keep_embedding_grad(model)
+    buffer = keep_embedding_grad(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
     weight = model.get_input_embeddings().weight
     weight.grad = None  # e.g. a batch-size probe that set every gradient to None
     model(input_ids=torch.tensor([[3, 7, 7, 9]])).logits.sum().backward()
     assert weight.grad.layout == torch.strided and weight.grad.shape == weight.shape
     assert weight.grad[7].abs().sum() > 0 and weight.grad[8].abs().sum() == 0
+    assert buffer._touched() is None  # not the kept buffer: every row is read and zeroed
+    densified = weight.grad
+    zero_grad(opt, buffer)
+    assert weight.grad is densified and densified.count_nonzero() == 0  # adopted as the buffer
+    model(input_ids=torch.tensor([[4, 5]])).logits.sum().backward()
+    assert buffer._touched().tolist() == [4, 5]  # back on the rows-only path
+
+
+def test_ids_passed_by_keyword_are_recorded_and_unreadable_calls_fall_back(tiny_model):
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=3)
+    buffer = keep_embedding_grad(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    embedding = model.get_input_embeddings()
+    embedding(input=torch.tensor([[6, 2, 6]])).sum().backward()
+    assert buffer._touched().tolist() == [2, 6]
+    zero_grad(opt, buffer)
+    with torch.no_grad():  # an evaluation forward records nothing
+        embedding(torch.tensor([[8]]))
+    assert buffer._touched().tolist() == []
+    buffer._record_ids(embedding, (), {})  # a call whose ids the hook cannot see
+    embedding(torch.tensor([[9]])).sum().backward()
+    assert buffer._touched() is None
+    zero_grad(opt, buffer)
+    assert embedding.weight.grad.count_nonzero() == 0
 
 
 @pytest.mark.parametrize("case", ["frozen", "lora"])

@@ -4,10 +4,10 @@ On CPU, ``torch.nn.functional.dropout`` draws one random number per element thro
 at ~4 ns an element: in a bf16 training step of MiniLM (where the matmuls are fast) that was 21% of the step's time
 (``benchmarks/profile_step.py --precision bf16``). Here one 64-bit draw gives four 16-bit lanes, each compared with
 the drop probability rounded to 1/65536 (0.1 -> 0.100006): the same Bernoulli mask (survivors scaled by the rounded
-keep rate). On CPU the 64-bit words come from numpy's SFC64 (in isolation ~1.5 ns a word against ~2.7 for torch's
-Mersenne Twister; inside a training step 12% less time than torch's draws), seeded for each mask by one draw from
-torch's generator: ``torch.manual_seed``, checkpointed RNG states and activation checkpointing's replay decide the
-masks as they decide any dropout's. The attention probabilities' dropout (inside SDPA on CPU) gets the same mask by
+keep rate). On CPU the 64-bit words come from numpy's SFC64 (in isolation 1.8x as fast as torch's Mersenne Twister;
+inside a training step 425 against 485 us a mask), seeded for each mask by one draw from torch's generator:
+``torch.manual_seed``, checkpointed RNG states and activation checkpointing's replay decide the masks as they decide
+any dropout's. The attention probabilities' dropout (inside SDPA on CPU) gets the same mask by
 the ``textune_sdpa`` attention function: flash attention's numerics with this dropout while training
 (``_DropoutAttention``), plain SDPA otherwise.
 

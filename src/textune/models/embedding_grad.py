@@ -33,15 +33,20 @@ class EmbeddingGradBuffer:
         self.buffer = torch.zeros_like(self.weight)
         self.weight.grad = self.buffer
         self._rows: list[torch.Tensor] | None = []  # ids looked up since the last zeroing; None: any row may be set
-        embedding.register_forward_pre_hook(self._record_ids)
+        embedding.register_forward_pre_hook(self._record_ids, with_kwargs=True)
         self.weight.register_hook(self._check_layout)
         # wherever a step starts without the buffer (a code path that set it to None), the sparse gradient is made
         # dense at once: clipping and the fused optimizers take no sparse gradients
         self.weight.register_post_accumulate_grad_hook(_densify)
 
-    def _record_ids(self, module: nn.Module, args: tuple) -> None:
-        if self._rows is not None and torch.is_grad_enabled() and args:
-            self._rows.append(args[0].reshape(-1))
+    def _record_ids(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if self._rows is None or not torch.is_grad_enabled():
+            return
+        ids = args[0] if args else kwargs.get("input")
+        if isinstance(ids, torch.Tensor):
+            self._rows.append(ids.reshape(-1))
+        else:  # a call this hook cannot read: any row may be set until the next zeroing
+            self._rows = None
 
     def _check_layout(self, grad: torch.Tensor) -> None:
         if not grad.is_sparse:  # the weight used elsewhere too (tied to an output layer): any row may be set
@@ -68,16 +73,18 @@ class EmbeddingGradBuffer:
         self._rows = []
 
     def clip_grad_norm_(self, parameters: Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:
-        """``torch.nn.utils.clip_grad_norm_(parameters, max_norm)`` (2-norm), the embedding among ``parameters``:
-        its buffer's norm and scaling over the touched rows only, and no scaling pass where the coefficient is 1
-        (on the CPU, reading the norm costs no device sync)."""
+        """``torch.nn.utils.clip_grad_norm_(parameters, max_norm)`` (2-norm) over an iterable of parameters, the
+        embedding among them: its buffer's norm and scaling over the touched rows only, and no scaling pass where
+        the coefficient is 1 (on the CPU, reading the norm costs no device sync). A NaN or infinite norm scales
+        every gradient as torch's does, except that the embedding's untouched rows stay zero where torch's would
+        turn NaN: the step is ruined either way."""
         rows = self._touched()
         others = [p for p in parameters if p.grad is not None and p is not self.weight]
         grad = self.weight.grad
         part = None if grad is None else grad if rows is None else grad.index_select(0, rows)
         total = torch.nn.utils.get_total_norm([p.grad for p in others] + ([] if part is None else [part]))
         coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)  # torch's formula
-        if not coef.item() >= 1.0:  # a NaN norm scales too, as torch does
+        if not coef.item() >= 1.0:  # a NaN norm scales too
             torch.nn.utils.clip_grads_with_norm_(others, max_norm, total)
             if part is not None and rows is None:
                 grad.mul_(coef)
