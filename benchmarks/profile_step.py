@@ -133,7 +133,8 @@ def main() -> None:
     if args.ab:
         _, plain_run = variant(True)
         for step in steps[: args.warmup]:
-            run(step), plain_run(step)
+            run(step)
+            plain_run(step)
         times: dict[str, list[float]] = {"textune": [], "plain": []}
         for i, step in enumerate(chosen):
             for name in ("textune", "plain") if i % 2 == 0 else ("plain", "textune"):

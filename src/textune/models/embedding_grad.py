@@ -33,6 +33,7 @@ class EmbeddingGradBuffer:
         self.buffer = torch.zeros_like(self.weight)
         self.weight.grad = self.buffer
         self._rows: list[torch.Tensor] | None = []  # ids looked up since the last zeroing; None: any row may be set
+        self._unique: torch.Tensor | None = None  # _rows made unique, once a step for clipping and zeroing
         embedding.register_forward_pre_hook(self._record_ids, with_kwargs=True)
         self.weight.register_hook(self._check_layout)
         # wherever a step starts without the buffer (a code path that set it to None), the sparse gradient is made
@@ -43,6 +44,7 @@ class EmbeddingGradBuffer:
         if self._rows is None or not torch.is_grad_enabled():
             return
         ids = args[0] if args else kwargs.get("input")
+        self._unique = None
         if isinstance(ids, torch.Tensor):
             self._rows.append(ids.reshape(-1))
         else:  # a call this hook cannot read: any row may be set until the next zeroing
@@ -56,9 +58,10 @@ class EmbeddingGradBuffer:
         """The buffer's rows that may be non-zero (sorted, unique), or None where that is not known."""
         if self._rows is None or self.weight.grad is not self.buffer:
             return None
-        if not self._rows:
-            return torch.empty(0, dtype=torch.long, device=self.buffer.device)
-        return torch.unique(torch.cat(self._rows))
+        if self._unique is None:
+            ids = torch.cat(self._rows) if self._rows else torch.empty(0, dtype=torch.long, device=self.buffer.device)
+            self._unique = torch.unique(ids)
+        return self._unique
 
     def zero_grad(self, optimizer: torch.optim.Optimizer) -> None:
         """``optimizer.zero_grad(set_to_none=True)``, except that the embedding's buffer is zeroed and kept."""
@@ -70,7 +73,7 @@ class EmbeddingGradBuffer:
             else:
                 grad.zero_()
             self.weight.grad = self.buffer = grad
-        self._rows = []
+        self._rows, self._unique = [], None
 
     def clip_grad_norm_(self, parameters: Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:
         """``torch.nn.utils.clip_grad_norm_(parameters, max_norm)`` (2-norm) over an iterable of parameters, the

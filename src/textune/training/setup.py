@@ -144,15 +144,16 @@ def setup(recipe: Recipe, data: Prepared, run_dir: Path | None = None) -> Setup:
     train_split = data.splits["train"]
     plan = StepPlan(cfg, train_split.encoded.lengths, rows_per_step, accum, accelerator.num_processes)
     plan.micro_size = None if cfg.max_tokens else math.ceil(rows_per_step / accum)
+    backbone = model.encoder if hasattr(model, "fusion") else model  # the transformer (under textune's fusion head)
     embedding_grad = None
     if accelerator.device.type == "cpu" and not cfg.compile:
         use_fast_dropout(model)  # CPU dropout draws 4x fewer random numbers (inductor draws its own when compiling)
         if accelerator.num_processes == 1:  # DDP's buckets take dense gradients
-            embedding_grad = keep_embedding_grad(model.encoder if hasattr(model, "fusion") else model)
+            embedding_grad = keep_embedding_grad(backbone)
     optimizer = build_optimizer(model, cfg, accelerator.device)
     scheduler = build_scheduler(optimizer, cfg, plan.total_steps)
     if cfg.gradient_checkpointing:
-        (model.encoder if hasattr(model, "fusion") else model).gradient_checkpointing_enable()
+        backbone.gradient_checkpointing_enable()
     model, optimizer = accelerator.prepare(model, optimizer)
     pad_id = pad_id_of(data.tokenizer)
     if cfg.batch_size == "auto":
