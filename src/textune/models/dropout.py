@@ -71,9 +71,13 @@ class FastDropout(nn.Dropout):
 _PLAIN_KWARGS = {"is_causal", "output_attentions", "output_hidden_states", "return_dict", "position_ids", "use_cache"}
 
 
-def _attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
+def _attention(
+    module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, full_queries=None, **kwargs
+):
     """Eager attention with ``fast_dropout`` on the probabilities while training; plain SDPA otherwise
-    (evaluation, prediction, anything beyond a plain bidirectional or masked attention)."""
+    (evaluation, prediction, anything beyond a plain bidirectional or masked attention). ``full_queries``: the
+    queries are the first rows of that many (``models/first_token.py``); the dropout mask is drawn for all of them
+    and its first rows kept."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     plain = (
@@ -91,7 +95,7 @@ def _attention(module, query, key, value, attention_mask, dropout: float = 0.0, 
         bias = torch.zeros(attention_mask.shape, dtype=torch.float32, device=query.device)
         attention_mask = bias.masked_fill_(~attention_mask, torch.finfo(torch.float32).min)
     with torch.autocast(query.device.type, enabled=False):
-        out = _DropoutAttention.apply(query, key, value, attention_mask, dropout, scale)
+        out = _DropoutAttention.apply(query, key, value, attention_mask, dropout, scale, full_queries)
     return out, None
 
 
@@ -107,7 +111,7 @@ class _DropoutAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, bias, p: float, scale: float):
+    def forward(ctx, q, k, v, bias, p: float, scale: float, full_queries: int | None = None):
         # the heads come in as transposed views: one copy each makes them contiguous (and fp32 where needed)
         q32 = q.to(torch.float32, memory_format=torch.contiguous_format)
         k32 = k.to(torch.float32, memory_format=torch.contiguous_format)
@@ -115,7 +119,9 @@ class _DropoutAttention(torch.autograd.Function):
         if bias is not None:
             scores = scores.add_(bias.float())
         probs = torch.softmax(scores, dim=-1)
-        keep = _keep_values(probs.shape, p, torch.float32, probs.device).mul_(1.0 / _keep_rate(p))
+        rows = probs.shape[2]
+        shape = probs.shape if full_queries is None else torch.Size((*probs.shape[:2], full_queries, probs.shape[3]))
+        keep = _keep_values(shape, p, torch.float32, probs.device)[:, :, :rows].mul_(1.0 / _keep_rate(p))
         weights = (probs * keep).to(q.dtype)
         v = v.contiguous()
         out = torch.matmul(weights, v)
@@ -137,7 +143,7 @@ class _DropoutAttention(torch.autograd.Function):
         grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, torch.float32).mul_(ctx.scale).to(q.dtype)
         grad_q = torch.matmul(grad_scores, k)
         grad_k = torch.matmul(grad_scores.transpose(2, 3), q)
-        return grad_q, grad_k, grad_v, None, None, None
+        return grad_q, grad_k, grad_v, None, None, None, None
 
 
 def _register_attention() -> None:

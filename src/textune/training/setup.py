@@ -16,9 +16,10 @@ from accelerate import Accelerator
 from textune._seed import seed_everything
 from textune.data.batching import train_steps
 from textune.device import resolve_precision
-from textune.models.build import build_model, fusion_spec
+from textune.models.build import build_model, encoder_layers, fusion_spec
 from textune.models.dropout import use_fast_dropout
 from textune.models.embedding_grad import EmbeddingGradBuffer, keep_embedding_grad, zero_grad
+from textune.models.first_token import first_token_last_layer
 from textune.models.infer import pad_id_of
 from textune.models.peft import count_total, count_trainable, parameter_table
 from textune.prepare import Prepared
@@ -150,6 +151,8 @@ def setup(recipe: Recipe, data: Prepared, run_dir: Path | None = None) -> Setup:
         use_fast_dropout(model)  # CPU dropout draws 4x fewer random numbers (inductor draws its own when compiling)
         if accelerator.num_processes == 1:  # DDP's buckets take dense gradients
             embedding_grad = keep_embedding_grad(backbone)
+    if first_token_last_layer(model, encoder_layers(backbone)):
+        log.info("the head reads the first token only: the last layer computes that token's row while training")
     optimizer = build_optimizer(model, cfg, accelerator.device)
     scheduler = build_scheduler(optimizer, cfg, plan.total_steps)
     if cfg.gradient_checkpointing:
