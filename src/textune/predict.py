@@ -93,6 +93,11 @@ class Predictor:
     ):
         self.run_dir, self.recipe, self.task = run_dir, recipe, task
         self.model, self.tokenizer, self.device = model, tokenizer, device
+        if isinstance(model, torch.nn.Module):  # a first-token head: its logits need that token's row alone
+            from textune.models.build import encoder_layers
+            from textune.models.first_token import first_token_last_layer
+
+            first_token_last_layer(model, encoder_layers(model))
         self.featurizer = featurizer
         self.precision = precision
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoModel, AutoModelForSequenceClassification
@@ -125,3 +126,29 @@ def test_first_rows_dropout_is_the_full_masks_first_rows():
     first = first_rows_dropout(drop, x[:, :1], 7)
     assert torch.equal(first, whole[:, :1])
     assert (whole == 0).any()
+
+
+def test_logits_inference_computes_the_first_row_alone_and_predicts_the_same(tiny_model):
+    from textune.data.tokenize import Encoded
+    from textune.models.first_token import first_token_logits
+    from textune.models.infer import infer_logits
+
+    full, pruned = _pair(tiny_model, fast_dropout=False)
+    batch = _batch()
+    lengths = batch["attention_mask"].sum(1).numpy()
+    rows = [ids[:n].numpy() for ids, n in zip(batch["input_ids"], lengths, strict=True)]
+    encoded = Encoded(np.concatenate(rows), np.concatenate([[0], np.cumsum(lengths)]))
+    seen = []
+    encoder_layers(pruned)[-1].intermediate.dense.register_forward_hook(lambda m, a, o: seen.append(a[0].shape[1]))
+    device = torch.device("cpu")
+    got = infer_logits(pruned, encoded, 2, device, 0)
+    assert seen and set(seen) == {1}
+    want = infer_logits(full, encoded, 2, device, 0)
+    torch.testing.assert_close(torch.from_numpy(got), torch.from_numpy(want), rtol=1e-5, atol=1e-6)
+    seen.clear()
+    with torch.no_grad():
+        pruned(**batch)  # evaluation outside the logits path: the full layer
+    assert seen == [9]
+    with first_token_logits(pruned), torch.no_grad():
+        pruned(**batch)
+    assert seen == [9, 1]

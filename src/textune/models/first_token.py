@@ -11,11 +11,17 @@ training, ``first_token_last_layer`` makes the last layer compute the first toke
 - 10 of the layer's 12 ``hidden x hidden`` products per token skipped (the keys and values are still computed for
   every token): 1/7 of a 6-layer model's linear FLOPs, plus the layer's attention, GELU, layer norms and dropout.
 
-Evaluation and prediction (``eval()``) run the full layer. Architectures whose layers are not BERT-shaped (DeBERTa's
+In evaluation mode the layer is full, except inside ``first_token_logits(model)``, which textune's logits inference
+(``infer_logits``: validation, test predictions, ``textune predict``, serving) enters: there too only the head's
+output is read. Hidden states asked for (``output_hidden_states``), embeddings and exports run the full layer.
+Architectures whose layers are not BERT-shaped (DeBERTa's
 relative attention, DistilBERT...) and heads that read every token (mean or attention pooling) are left alone.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -87,14 +93,30 @@ def _first_token_class(cls: type) -> type:
     return _CLASSES[cls]
 
 
+@contextmanager
+def first_token_logits(model: nn.Module) -> Iterator[None]:
+    """Within this block a model prepared by ``first_token_last_layer`` computes the first token's row in evaluation
+    mode too: for reading its logits, nothing else."""
+    layers = [m for m in model.modules() if isinstance(m, _FirstTokenLayer)]
+    for layer in layers:
+        layer.first_token_eval = True
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.first_token_eval = False
+
+
 class _FirstTokenLayer(nn.Module):
-    """Mixed in before a BERT-shaped layer's class: while training, the output is the first token's row,
-    ``[batch, 1, hidden]`` (what the head reads); otherwise the layer's own forward."""
+    """Mixed in before a BERT-shaped layer's class: while training (or inside ``first_token_logits``), the output
+    is the first token's row, ``[batch, 1, hidden]`` (what the head reads); otherwise the layer's own forward."""
+
+    first_token_eval = False
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, *args, **kwargs):
         implementation = self.attention.self.config._attn_implementation
         full = (
-            not self.training
+            not (self.training or self.first_token_eval)
             or implementation not in (ATTENTION, "sdpa")
             or any(a is not None for a in args)
             or any(v is not None and v is not False for k, v in kwargs.items() if k not in _IGNORED_KWARGS)

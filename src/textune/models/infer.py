@@ -16,6 +16,7 @@ import torch
 
 from textune.data.batching import collate, inference_batches, to_device
 from textune.data.tokenize import Encoded
+from textune.models.first_token import first_token_logits
 from textune.models.fusion import pool_tokens
 
 
@@ -72,8 +73,10 @@ def infer_logits(
     extras: dict[str, np.ndarray] | None = None,
     rows: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The model's outputs (logits) for every row of ``encoded`` (or only ``rows``), in input order."""
-    return _infer(model, encoded, batch_size, device, pad_id, precision, extras, rows, lambda out, _: out.logits)
+    """The model's outputs (logits) for every row of ``encoded`` (or only ``rows``), in input order (a first-token
+    head's last layer computing that token alone: ``models/first_token.py``)."""
+    with first_token_logits(model):
+        return _infer(model, encoded, batch_size, device, pad_id, precision, extras, rows, lambda out, _: out.logits)
 
 
 def _pool(pooling: str) -> Callable[[Any, dict[str, torch.Tensor]], torch.Tensor]:
