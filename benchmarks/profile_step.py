@@ -8,9 +8,9 @@ the work of textune's loop. Prints each kind's share of CPU time and the step's 
 measured fp32 matmul peak. Options: ``--max-tokens`` (token-budget batches), ``--compile`` (torch.compile).
 
 ``--ab`` times textune's CPU step against the plain one (torch's dropout, dense embedding gradients, torch's
-clipping: what a Trainer script runs) in one process, step by step in alternating order on the same batches, and
-prints the ratio: on a shared machine whose speed drifts by several percent between runs, only such an interleaved
-comparison resolves differences of a few percent.
+clipping, the full last layer: what a Trainer script runs) in one process, step by step in alternating order on the
+same batches, and prints the ratio: on a shared machine whose speed drifts by several percent between runs, only such
+an interleaved comparison resolves differences of a few percent.
 """
 
 from __future__ import annotations
@@ -27,8 +27,10 @@ import torch
 from textune.data.batching import collate, train_steps
 from textune.data.tokenize import tokenize
 from textune.models.backbone import load_classifier, load_tokenizer, resolve_model_path
+from textune.models.build import encoder_layers
 from textune.models.dropout import use_fast_dropout
 from textune.models.embedding_grad import keep_embedding_grad, zero_grad
+from textune.models.first_token import first_token_last_layer
 from textune.recipe import TrainConfig
 from textune.training.optim import build_optimizer
 
@@ -80,7 +82,8 @@ def main() -> None:
     p.add_argument(
         "--native-dropout",
         action="store_true",
-        help="Keep torch's dropout, dense embedding gradients and clipping (textune's CPU loop changes all three)",
+        help="Keep torch's dropout, dense embedding gradients, clipping and the full last layer (textune changes all "
+        "four)",
     )
     p.add_argument("--top", type=int, default=0, help="Also print the N aten ops with the most self time.")
     p.add_argument(
@@ -102,6 +105,7 @@ def main() -> None:
         model, _ = load_classifier(args.model, {"num_labels": len(labels)})
         if not plain:
             use_fast_dropout(model)
+            first_token_last_layer(model, encoder_layers(model))  # as textune's setup: the head reads token 0 only
         optimizer = build_optimizer(model, TrainConfig(lr=5e-5), torch.device("cpu"))
         kept = None if plain or args.compile else keep_embedding_grad(model)  # as textune's CPU loop
         fwd = torch.compile(model) if args.compile else model

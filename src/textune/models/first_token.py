@@ -1,9 +1,9 @@
-"""Training a first-token head: the last layer computes the first token's row alone.
+"""A first-token head's last layer: the first token's row alone.
 
 BERT's pooler and the sequence-classification heads of RoBERTa, XLM-R, CamemBERT and ELECTRA (and textune's head
 with ``pooling: cls``) read only the first token of the last layer's output. In that layer the other tokens' queries,
-attention outputs and feed-forward rows feed nothing: only their keys and values reach the first token. While
-training, ``first_token_last_layer`` makes the last layer compute the first token's row alone:
+attention outputs and feed-forward rows feed nothing: only their keys and values reach the first token.
+``first_token_last_layer`` makes the last layer compute the first token's row alone while training:
 
 - the same arithmetic on the row that matters, dropout included: a CPU dropout mask (``FastDropout``, textune's
   attention dropout) is drawn for the whole tensor and its first row kept, so a seeded run draws exactly the masks
@@ -12,10 +12,10 @@ training, ``first_token_last_layer`` makes the last layer compute the first toke
   every token): 1/7 of a 6-layer model's linear FLOPs, plus the layer's attention, GELU, layer norms and dropout.
 
 In evaluation mode the layer is full, except inside ``first_token_logits(model)``, which textune's logits inference
-(``infer_logits``: validation, test predictions, ``textune predict``, serving) enters: there too only the head's
-output is read. Hidden states asked for (``output_hidden_states``), embeddings and exports run the full layer.
-Architectures whose layers are not BERT-shaped (DeBERTa's
-relative attention, DistilBERT...) and heads that read every token (mean or attention pooling) are left alone.
+(``infer_logits``: validation, test predictions, ``textune predict``, serving) enters, since there too only the
+head's output is read. Everything else (hidden states, embeddings, ONNX exports) gets the full layer. Architectures
+whose layers are not BERT-shaped (DeBERTa's relative attention, DistilBERT...) and heads that read every token (mean
+or attention pooling) are left alone.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ FIRST_TOKEN_HEADS = {
 # what an encoder may pass its layers that a BERT layer's self-attention does not read; any other argument that is
 # set (cross-attention, caches, attention outputs asked for) runs the full layer
 _IGNORED_KWARGS = {"use_cache", "cache_position", "position_ids"}
+_SUBLAYER = ("dense", "dropout", "LayerNorm")  # BERT's SelfOutput and Output
 
 
 def reads_first_token_only(model: nn.Module) -> bool:
@@ -66,9 +67,6 @@ def _bert_shaped(layer: nn.Module) -> bool:
         and not getattr(layer, "add_cross_attention", False)
         and not getattr(layer, "chunk_size_feed_forward", 0)
     )
-
-
-_SUBLAYER = ("dense", "dropout", "LayerNorm")
 
 
 def first_token_last_layer(model: nn.Module, layers: nn.ModuleList | None) -> bool:
