@@ -39,14 +39,16 @@ def keep_mask(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor
     return lanes >= round(p * _RESOLUTION) - _RESOLUTION // 2
 
 
-def fast_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
-    """``F.dropout(x, p, training)`` with the mask drawn by ``keep_mask``."""
+def fast_dropout(x: torch.Tensor, p: float, training: bool = True, full_rows: int | None = None) -> torch.Tensor:
+    """``F.dropout(x, p, training)`` with the mask drawn by ``keep_mask``. ``full_rows``: ``x`` is the first rows
+    (dim 1) of that many; the mask is drawn for all of them and its first rows kept (``models/first_token.py``)."""
     if not training or p == 0.0:
         return x
     if p >= 1.0:
         return x * 0.0
+    shape = x.shape if full_rows is None else torch.Size((x.shape[0], full_rows, *x.shape[2:]))
     # survivors scaled by the keep rate the mask really has, so the mean is kept
-    return x * _keep_values(x.shape, p, x.dtype, x.device) * (1.0 / _keep_rate(p))
+    return x * _keep_values(shape, p, x.dtype, x.device)[:, : x.shape[1]] * (1.0 / _keep_rate(p))
 
 
 def _keep_rate(p: float) -> float:

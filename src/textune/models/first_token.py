@@ -26,7 +26,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from textune.models.dropout import ATTENTION, FastDropout, _attention, _keep_rate, _keep_values
+from textune.models.dropout import ATTENTION, FastDropout, _attention, fast_dropout
 
 # the architectures' own heads that read only token 0 of the last hidden state
 FIRST_TOKEN_HEADS = {
@@ -154,8 +154,6 @@ def first_rows_dropout(dropout: nn.Module, x: torch.Tensor, n: int) -> torch.Ten
     """``dropout(x)`` for the first rows (dim 1) of an ``n``-row tensor: ``FastDropout`` draws the whole tensor's mask
     and keeps its first rows, the values the whole tensor's dropout gives them; any other module is applied to
     ``x`` (its random stream then differs from the full layer's)."""
-    if type(dropout) is not FastDropout or not dropout.training or not 0.0 < dropout.p < 1.0:
-        return dropout(x)
-    full = torch.Size((x.shape[0], n, *x.shape[2:]))
-    keep = _keep_values(full, dropout.p, x.dtype, x.device)[:, : x.shape[1]]
-    return x * keep * (1.0 / _keep_rate(dropout.p))
+    if type(dropout) is FastDropout:
+        return fast_dropout(x, dropout.p, dropout.training, full_rows=n)
+    return dropout(x)
