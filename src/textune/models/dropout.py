@@ -46,9 +46,12 @@ def fast_dropout(x: torch.Tensor, p: float, training: bool = True, full_rows: in
         return x
     if p >= 1.0:
         return x * 0.0
-    shape = x.shape if full_rows is None else torch.Size((x.shape[0], full_rows, *x.shape[2:]))
+    if full_rows is None:
+        keep = _keep_values(x.shape, p, x.dtype, x.device)
+    else:
+        keep = _keep_values(torch.Size((x.shape[0], full_rows, *x.shape[2:])), p, x.dtype, x.device)[:, : x.shape[1]]
     # survivors scaled by the keep rate the mask really has, so the mean is kept
-    return x * _keep_values(shape, p, x.dtype, x.device)[:, : x.shape[1]] * (1.0 / _keep_rate(p))
+    return x * keep * (1.0 / _keep_rate(p))
 
 
 def _keep_rate(p: float) -> float:
