@@ -115,56 +115,61 @@ def _lora_targets(spec: dict[str, Any]) -> list[str]:
 
 
 def child_textune(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    """``textune train recipe.yaml --out RUN`` as the executable runs it (``textune.cli.entry``), in this process."""
     # A cold tokenization cache: the Trainer script has none, and a warm one would hide tokenize time.
     os.environ["TEXTUNE_CACHE"] = str(workdir / "cache")
-    import torch
+    import yaml
 
-    import textune
-    from textune.recipe import recipe_from_dict
+    from textune.cli import entry
 
-    recipe = recipe_from_dict(
-        {
-            "task": "classification",
-            "data": {
-                "train": spec["files"]["train"],
-                "validation": spec["files"]["validation"],
-                "test": spec["files"]["test"],
-                "text": "text",
-                "label": "label",
-                "max_length": spec["max_length"],
-            },
-            "model": {
-                "name": spec["model"],
-                "peft": {
-                    "method": "lora" if spec["lora_r"] else "none",
-                    "r": spec["lora_r"] or 8,
-                    "alpha": spec["lora_alpha"],
-                    "target_modules": _lora_targets(spec),
+    recipe_path = workdir / "recipe.yaml"
+    recipe_path.write_text(
+        yaml.safe_dump(
+            {
+                "task": "classification",
+                "data": {
+                    "train": spec["files"]["train"],
+                    "validation": spec["files"]["validation"],
+                    "test": spec["files"]["test"],
+                    "text": "text",
+                    "label": "label",
+                    "max_length": spec["max_length"],
+                },
+                "model": {
+                    "name": spec["model"],
+                    "peft": {
+                        "method": "lora" if spec["lora_r"] else "none",
+                        "r": spec["lora_r"] or 8,
+                        "alpha": spec["lora_alpha"],
+                        "target_modules": _lora_targets(spec),
+                    },
+                },
+                "train": {
+                    "epochs": spec["epochs"],
+                    **(
+                        {"max_tokens": spec["textune_max_tokens"]}
+                        if spec["textune_max_tokens"]
+                        else {"batch_size": spec["textune_batch_size"]}
+                    ),
+                    "eval_batch_size": spec["eval_batch_size"],
+                    "lr": spec["lr"],
+                    "weight_decay": spec["weight_decay"],
+                    "scheduler": "linear",
+                    "warmup_ratio": 0.0,
+                    "seed": spec["seed"],
+                    "precision": spec["textune_precision"],
+                    "progress": False,
                 },
             },
-            "train": {
-                "epochs": spec["epochs"],
-                **(
-                    {"max_tokens": spec["textune_max_tokens"]}
-                    if spec["textune_max_tokens"]
-                    else {"batch_size": spec["textune_batch_size"]}
-                ),
-                "eval_batch_size": spec["eval_batch_size"],
-                "lr": spec["lr"],
-                "weight_decay": spec["weight_decay"],
-                "scheduler": "linear",
-                "warmup_ratio": 0.0,
-                "seed": spec["seed"],
-                "precision": spec["textune_precision"],
-                "progress": False,
-            },
-        },
-        source="vs_trainer",
+            sort_keys=False,
+        )
     )
-    run = textune.train(recipe, out=workdir / "run")
+    run = workdir / "run"
+    if entry(["train", str(recipe_path), "--out", str(run)]):
+        sys.exit("[vs_trainer] textune train failed")
     s = json.loads((run / "summary.json").read_text())
     end = time.perf_counter() - _T0
-
+    import torch
     from transformers import AutoModelForSequenceClassification
 
     model = AutoModelForSequenceClassification.from_pretrained(run / "model", local_files_only=True)

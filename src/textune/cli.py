@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+from textune import startup
 from textune.errors import TextuneError
 from textune.run import layout
 from textune.safe_paths import check_output_dir, check_output_file
@@ -866,5 +867,21 @@ def main(argv: list[str] | None = None) -> int:
         raise
 
 
+# The commands that load a model: each resumes the collector once its model is loaded, before it reads data.
+_PAUSE_COLLECTOR = {"train", "predict", "evaluate", "serve"}
+
+
+def entry(argv: list[str] | None = None) -> int:
+    """The ``textune`` executable: :func:`main`, with Python's garbage collector paused through a model-loading
+    command's start-up (see :mod:`textune.startup`). ``main`` itself leaves the caller's collector alone."""
+    command = next((a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")), None)
+    if command in _PAUSE_COLLECTOR:
+        startup.pause()
+    try:
+        return main(argv)
+    finally:
+        startup.resume(freeze=False)  # where the command ended before its model was loaded
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from textune import startup
 from textune.data.io import read_table, require_columns
 from textune.errors import TextuneError
 from textune.models.infer import infer_logits, pad_id_of
@@ -172,6 +173,7 @@ class Predictor:
             if features is None:
                 raise TextuneError(f"{run_dir}: the recipe uses features but {layout.FEATURES} is missing")
             featurizer = Featurizer.from_dict(recipe.features, features)
+        startup.resume()  # the `textune` command's start-up ends with the model loaded (see textune/startup.py)
         return cls(
             run_dir,
             recipe,

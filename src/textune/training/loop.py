@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from textune import _atomic
+from textune import _atomic, startup
 from textune._seed import rng_state, seed_everything
 from textune.data.batching import collate, move, to_device
 from textune.device import configure_threads, setup_cuda_speed
@@ -112,6 +112,7 @@ def train(
     configure_threads(recipe.train.num_threads)
     setup_cuda_speed()
     seed_everything(recipe.train.seed)
+    startup.resume()  # the `textune` command's start-up ends before data is read (see textune/startup.py)
     data = prepare(recipe)  # every check runs before anything is written
     if resume is None:
         run_dir = Path(out) if out else new_run_dir(recipe.output.dir, recipe.output.name, recipe._stem)
