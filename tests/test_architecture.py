@@ -11,7 +11,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "textune"
 
 # Lowest first. A module may import its own layer and the layers below it, never one above.
 LAYERS: list[tuple[str, ...]] = [
-    ("textune._version", "textune.errors", "textune._atomic", "textune._seed", "textune._math"),
+    ("textune._version", "textune.errors", "textune._atomic", "textune._seed", "textune._math", "textune.startup"),
     ("textune.recipe", "textune.device"),
     ("textune.data", "textune.report.plots"),  # data knows no task and no model
     ("textune.tasks", "textune.models", "textune.run"),

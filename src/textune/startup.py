@@ -7,6 +7,8 @@ several of them: on 2 cores they cost ~0.7 s of the 3 s a ``textune predict`` ta
 (the imports done, the model loaded, no user data read yet) :func:`resume` freezes what start-up built out of later
 collections (``gc.freeze``: they skip it; its objects are still freed by reference counting) and turns the collector
 back on. Freezing before any data is read matters: cyclic garbage present at the freeze would never be collected.
+A model loaded later in the command (training reads its data first; a run's best model is reloaded at the end) is
+loaded inside :func:`loading`: the collector paused again, turned back on after, with no freeze.
 
 A Python-API caller's collector is left alone: :func:`resume` acts only after :func:`pause`.
 """
@@ -14,13 +16,17 @@ A Python-API caller's collector is left alone: :func:`resume` acts only after :f
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 _paused = False
+_command = False  # this process is the `textune` command: pause() was called
 
 
 def pause() -> None:
     """Stops the collector until :func:`resume` (the executable's start; a no-op where it is already off)."""
-    global _paused
+    global _paused, _command
+    _command = True
     if gc.isenabled():
         gc.disable()
         _paused = True
@@ -36,4 +42,18 @@ def resume(freeze: bool = True) -> None:
         _paused = False
         if freeze:
             gc.freeze()
+        gc.enable()
+
+
+@contextmanager
+def loading() -> Iterator[None]:
+    """A model load in the ``textune`` command: the collector paused for it and turned back on after (no freeze:
+    user data may be in memory by then). Elsewhere, or with the collector already off, it changes nothing."""
+    if not (_command and gc.isenabled()):
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
         gc.enable()

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from textune import _atomic
+from textune import _atomic, startup
 from textune._seed import seed_everything
 from textune.errors import TextuneError
 from textune.models.backbone import load_classifier, load_config
@@ -142,16 +142,17 @@ def _pretrained(
     recipe: Recipe, task_kwargs: dict[str, Any], fusion: dict[str, Any] | None, dropout: float | None = None
 ) -> torch.nn.Module:
     """The pretrained backbone with textune's head (``fusion``) or the architecture's own."""
-    if fusion is not None:
-        return _load_fusion(recipe, fusion)
-    model, _ = load_classifier(
-        recipe.model.name,
-        task_kwargs,
-        allow_network=recipe.model.allow_network,
-        trust_remote_code=recipe.model.trust_remote_code,
-        dropout=dropout,
-    )
-    return model
+    with startup.loading():
+        if fusion is not None:
+            return _load_fusion(recipe, fusion)
+        model, _ = load_classifier(
+            recipe.model.name,
+            task_kwargs,
+            allow_network=recipe.model.allow_network,
+            trust_remote_code=recipe.model.trust_remote_code,
+            dropout=dropout,
+        )
+        return model
 
 
 def load_model_dir(path: Path) -> torch.nn.Module:
@@ -160,9 +161,10 @@ def load_model_dir(path: Path) -> torch.nn.Module:
 
     from textune.models.fusion import FusionModel, is_fusion_dir
 
-    if is_fusion_dir(path):
-        return FusionModel.from_pretrained(path)
-    return AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True)
+    with startup.loading():
+        if is_fusion_dir(path):
+            return FusionModel.from_pretrained(path)
+        return AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True)
 
 
 def build_model(
