@@ -33,10 +33,12 @@ def test_pause_then_resume_freezes_what_start_up_built_and_turns_the_collector_o
     assert on and frozen > 0
 
 
-def test_resume_without_freeze_turns_the_collector_on_and_freezes_nothing():
+def test_end_turns_the_collector_on_and_freezes_nothing():
     startup.pause()
-    startup.resume(freeze=False)
+    startup.end()
     assert _collector() == (True, 0)
+    with startup.loading():
+        assert gc.isenabled()  # the command is over: a later load in this process is the caller's
 
 
 def test_resume_leaves_a_collector_it_did_not_pause_as_it_was():
@@ -52,7 +54,7 @@ def test_a_later_model_load_pauses_the_collector_only_in_the_command():
     with startup.loading():
         assert gc.isenabled()  # a Python-API caller's process
     startup.pause()
-    startup.resume(freeze=False)
+    startup.resume()
     with startup.loading():
         assert not gc.isenabled()
     assert gc.isenabled()
@@ -131,6 +133,22 @@ def test_training_reads_its_data_with_the_collector_on_and_loads_its_model_pause
     on, frozen_at_load = seen["model"]
     assert not on and 0 < frozen_at_load <= frozen  # paused for the load, nothing frozen since (some freed)
     assert gc.isenabled()
+
+
+def test_cross_validation_reads_its_data_with_the_collector_on(small_run, tmp_path, monkeypatch):
+    import textune.cv
+    from textune.errors import TextuneError
+
+    seen = {}
+
+    def watched(*a, **k):
+        seen["data"] = _collector()
+        raise TextuneError("stop here: the folds are not the point")
+
+    monkeypatch.setattr(textune.cv, "load_cv_data", watched)
+    assert entry(["train", str(small_run["recipe"]), "--folds", "3", "--out", str(tmp_path / "cv")]) == 2
+    on, frozen = seen["data"]
+    assert on and frozen > 0
 
 
 def test_a_command_failing_before_its_model_loads_turns_the_collector_back_on_without_a_freeze(tmp_path, capsys):

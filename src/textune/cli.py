@@ -880,7 +880,7 @@ def entry(argv: list[str] | None = None) -> int:
     try:
         return main(argv)
     finally:
-        startup.resume(freeze=False)  # where the command ended before its model was loaded
+        startup.end()
 
 
 if __name__ == "__main__":

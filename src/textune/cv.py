@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from textune import _atomic
+from textune import _atomic, startup
 from textune._math import cv_statistics
 from textune.data.io import read_table, require_columns, rows_ref, sha256_file
 from textune.ensemble import (
@@ -230,6 +230,7 @@ def train_cv(
     recipe = recipe.model_copy(deep=True)
     recipe._stem = stem
     recipe.cv.folds = resolve_folds(recipe, folds)
+    startup.resume()  # the `textune` command's start-up ends before data is read (see textune/startup.py)
     data = load_cv_data(recipe)  # every check runs before anything is written
     if out is None:
         name = recipe.output.name

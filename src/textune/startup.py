@@ -32,16 +32,23 @@ def pause() -> None:
         _paused = True
 
 
-def resume(freeze: bool = True) -> None:
+def resume() -> None:
     """Start-up is over: freezes what it built and turns the collector back on, if :func:`pause` stopped it.
 
-    Freeze only before the command reads user data; ``freeze=False`` turns the collector on without it (the end of a
-    command that failed before its model was loaded)."""
+    Call it before the command reads user data, never after."""
     global _paused
     if _paused:
         _paused = False
-        if freeze:
-            gc.freeze()
+        gc.freeze()
+        gc.enable()
+
+
+def end() -> None:
+    """The command is over (or failed before its model was loaded): the collector back on without a freeze."""
+    global _paused, _command
+    _command = False
+    if _paused:
+        _paused = False
         gc.enable()
 
 
