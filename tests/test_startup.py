@@ -41,6 +41,14 @@ def test_end_turns_the_collector_on_and_freezes_nothing():
         assert gc.isenabled()  # the command is over: a later load in this process is the caller's
 
 
+def test_hand_over_turns_the_collector_on_and_unfreezes_start_up():
+    startup.pause()
+    startup.resume()
+    assert _collector()[1] > 0
+    startup.hand_over()
+    assert _collector() == (True, 0)
+
+
 def test_resume_leaves_a_collector_it_did_not_pause_as_it_was():
     startup.resume()
     assert _collector() == (True, 0)
@@ -94,7 +102,8 @@ def _watch(monkeypatch) -> dict[str, tuple[bool, int]]:
 def test_the_executable_loads_the_model_paused_and_reads_data_with_the_collector_on(small_run, tmp_path, monkeypatch):
     seen = _watch(monkeypatch)
     out = tmp_path / "out.csv"
-    assert entry(["predict", str(small_run["run"]), "--input", str(small_run["input"]), "--output", str(out)]) == 0
+    argv = ["-v", "predict", str(small_run["run"]), "--input", str(small_run["input"]), "--output", str(out)]
+    assert entry(argv) == 0  # a global option before the command
     assert out.is_file()
     assert seen["model"] == (False, 0)
     on, frozen = seen["data"]
@@ -149,6 +158,27 @@ def test_cross_validation_reads_its_data_with_the_collector_on(small_run, tmp_pa
     assert entry(["train", str(small_run["recipe"]), "--folds", "3", "--out", str(tmp_path / "cv")]) == 2
     on, frozen = seen["data"]
     assert on and frozen > 0
+
+
+@pytest.mark.parametrize("command", ["train", "predict"])
+def test_a_command_handing_its_work_to_other_processes_waits_with_the_collector_on(
+    command, small_run, tmp_path, monkeypatch
+):
+    import textune.training.launch
+
+    seen = {}
+
+    def relaunch(processes, argv):
+        seen["launch"] = _collector()
+        return 0
+
+    monkeypatch.setattr(textune.training.launch, "relaunch", relaunch)
+    if command == "train":
+        argv = ["train", str(small_run["recipe"]), "--out", str(tmp_path / "run")]
+    else:
+        argv = ["predict", str(small_run["run"]), "--input", str(small_run["input"]), "--output", str(tmp_path / "o")]
+    assert entry([*argv, "--processes", "2"]) == 0
+    assert seen["launch"] == (True, 0)  # on, and what start-up froze (predict's checking model) collectable
 
 
 def test_a_command_failing_before_its_model_loads_turns_the_collector_back_on_without_a_freeze(tmp_path, capsys):

@@ -168,6 +168,7 @@ def _launch(args: argparse.Namespace, recipe) -> int:
             argv += [flag, value]
     if args.allow_pickle:
         argv.append("--allow-pickle")
+    startup.hand_over()
     return relaunch(args.processes, argv)
 
 
@@ -291,6 +292,7 @@ def _launch_predict(args: argparse.Namespace) -> int:
     predictor = Predictor.load(args.run, device="cpu", precision=args.precision, engine=args.engine)
     predictor.check_file(args.input, args.chunk_rows)
     del predictor  # the processes load their own copies
+    startup.hand_over()
 
     argv = ["predict", args.run, "--input", args.input, "--output", args.output, "--chunk-rows", str(args.chunk_rows)]
     if args.proba:
@@ -867,7 +869,8 @@ def main(argv: list[str] | None = None) -> int:
         raise
 
 
-# The commands that load a model: each resumes the collector once its model is loaded, before it reads data.
+# The commands that load a model: each resumes the collector (textune/startup.py) before it reads data, or hands
+# the work over to other processes.
 _PAUSE_COLLECTOR = {"train", "predict", "evaluate", "serve"}
 
 

@@ -173,7 +173,7 @@ class Predictor:
             if features is None:
                 raise TextuneError(f"{run_dir}: the recipe uses features but {layout.FEATURES} is missing")
             featurizer = Featurizer.from_dict(recipe.features, features)
-        startup.resume()  # the `textune` command's start-up ends with the model loaded (see textune/startup.py)
+        startup.resume()  # the `textune` command's start-up ends with the (first) model loaded: textune/startup.py
         return cls(
             run_dir,
             recipe,

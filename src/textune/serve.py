@@ -39,6 +39,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from textune import startup
 from textune._version import __version__
 from textune.data.io import template_columns
 from textune.errors import TextuneError
@@ -704,6 +705,7 @@ def serve(run_dir: str | Path, sock: socket.socket, options: ServeOptions, acces
             config = uvicorn.Config("textune.serve:app_from_env", factory=True, workers=options.workers, **common)
             print(f"serving {run_dir} on http://{host}:{port} with {options.workers} workers (docs: /docs)", flush=True)
             supervisor = Multiprocess(config, sockets=[sock])
+            startup.hand_over()  # the workers load the run; this process only watches them
             supervisor.run()  # handles SIGINT/SIGTERM itself: stops the workers and returns
             if any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes):
                 raise TextuneError("a worker could not load the run (its message is above)")

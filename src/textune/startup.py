@@ -9,6 +9,8 @@ collections (``gc.freeze``: they skip it; its objects are still freed by referen
 back on. Freezing before any data is read matters: cyclic garbage present at the freeze would never be collected.
 A model loaded later in the command (training reads its data first; a run's best model is reloaded at the end) is
 loaded inside :func:`loading`: the collector paused again, turned back on after, with no freeze.
+A command that hands its work to other processes and waits (``--processes N``, ``serve --workers N``) calls
+:func:`hand_over`: the collector on and nothing left frozen while it waits.
 
 A Python-API caller's collector is left alone: :func:`resume` acts only after :func:`pause`.
 """
@@ -24,7 +26,7 @@ _command = False  # this process is the `textune` command: pause() was called
 
 
 def pause() -> None:
-    """Stops the collector until :func:`resume` (the executable's start; a no-op where it is already off)."""
+    """Stops the collector until :func:`resume` (the executable's start; left off, not ours, where it already is)."""
     global _paused, _command
     _command = True
     if gc.isenabled():
@@ -41,6 +43,13 @@ def resume() -> None:
         _paused = False
         gc.freeze()
         gc.enable()
+
+
+def hand_over() -> None:
+    """The command hands its work to other processes and waits (``--processes N``, ``serve --workers N``): the
+    collector on, and what start-up froze collectable again (the launcher's own copy of a model, dropped, is freed)."""
+    end()
+    gc.unfreeze()
 
 
 def end() -> None:
